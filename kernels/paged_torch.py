@@ -1,0 +1,125 @@
+"""HSTU attention over vLLM's paged KV cache, in PyTorch (the CPU path).
+
+Layout contract shared with the Triton kernels (`kernels.paged_triton`):
+
+* `kv_cache` is the layer's logical `[num_blocks, heads, block_size, 2 * hs]`
+  view (any physical strides): key in `[..., :hs]`, value in `[..., hs:]`.
+* A key slot holds `k[:attention_dim]`, then `TIME_SLOTS` byte values of the
+  key's timestamp (see `vllm_mtgr.events.time_slots`), then padding. A query
+  has the same layout with its query time. A value slot holds `v[:value_dim]`.
+* Query token t of request r sits at position
+  `seq_lens[r] - query_len[r] + (t - query_start_loc[r])`; the request's keys
+  are positions `0 .. seq_lens[r] - 1`, read through `block_table[r]`.
+
+A query at position i attends to keys j <= i, and, where `candidate_starts` is
+given, a query at or after `candidate_starts[r]` attends only to keys before it
+and to itself (MTGR's candidates never see each other).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from vllm_mtgr.events import TIME_SLOTS, times_from_slots
+
+from .reference import relative_bias
+
+
+@dataclass(frozen=True)
+class HSTUAttentionParams:
+    """Shapes and constants of one HSTU attention layer."""
+
+    attention_dim: int
+    value_dim: int
+    max_len: int
+    normalizer: float
+    time_bucket_divisor: float
+
+    @property
+    def cache_head_size(self) -> int:
+        """Per-head slot width of the cache: q/k + time bytes, or v."""
+        return max(self.attention_dim + TIME_SLOTS, self.value_dim)
+
+
+def gather_request_kv(
+    kv_cache: torch.Tensor, block_table_row: torch.Tensor, seq_len: int
+) -> torch.Tensor:
+    """One request's `[seq_len, heads, 2 * hs]` slots, in position order."""
+    block_size = kv_cache.shape[2]
+    num_blocks = -(-seq_len // block_size)
+    pages = kv_cache[block_table_row[:num_blocks].long()]
+    heads, width = pages.shape[1], pages.shape[3]
+    pages = pages.permute(0, 2, 1, 3).reshape(num_blocks * block_size, heads, width)
+    return pages[:seq_len]
+
+
+def hstu_paged_attention(
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    pos_w: torch.Tensor,
+    ts_w: torch.Tensor,
+    params: HSTUAttentionParams,
+    output: torch.Tensor,
+    candidate_starts: torch.Tensor | None = None,
+) -> None:
+    """Write each query token's `[heads, value_dim]` attention into `output`."""
+    dqk, dv = params.attention_dim, params.value_dim
+    hs = kv_cache.shape[-1] // 2
+    starts = query_start_loc.tolist()
+    lengths = seq_lens.tolist()
+    cands = candidate_starts.tolist() if candidate_starts is not None else None
+    for r, seq_len in enumerate(lengths):
+        q_lo, q_hi = starts[r], starts[r + 1]
+        if q_hi == q_lo:
+            continue
+        slots = gather_request_kv(kv_cache, block_table[r], seq_len).float()
+        keys = slots[..., :dqk]
+        values = slots[..., hs : hs + dv]
+        key_times = times_from_slots(slots[:, 0, dqk : dqk + TIME_SLOTS])
+        q = query[q_lo:q_hi].float()
+        query_times = times_from_slots(q[:, 0, dqk : dqk + TIME_SLOTS])
+        pos_k = torch.arange(seq_len)
+        pos_q = pos_k[seq_len - (q_hi - q_lo) :]
+        rab = relative_bias(
+            pos_q,
+            pos_k,
+            query_times,
+            key_times,
+            pos_w,
+            ts_w,
+            params.max_len,
+            params.time_bucket_divisor,
+        )
+        scores = torch.einsum("ihd,jhd->hij", q[..., :dqk], keys) + rab[None]
+        visible = pos_k[None, :] <= pos_q[:, None]
+        if cands is not None and cands[r] < seq_len:
+            is_candidate = pos_q[:, None] >= cands[r]
+            own = pos_k[None, :] == pos_q[:, None]
+            visible &= ~is_candidate | (pos_k[None, :] < cands[r]) | own
+        attn = F.silu(scores) / params.normalizer * visible[None]
+        out = torch.einsum("hij,jhd->ihd", attn, values)
+        output[q_lo:q_hi, :, :dv] = out.to(output.dtype)
+
+
+def write_kv_cache(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    kv_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Scatter `[T, heads, hs]` keys and values into their cache slots."""
+    block_size = kv_cache.shape[2]
+    hs = kv_cache.shape[-1] // 2
+    num_tokens = slot_mapping.shape[0]
+    slots = slot_mapping.long()
+    valid = slots >= 0
+    blocks = (slots // block_size)[valid]
+    offsets = (slots % block_size)[valid]
+    kv_cache[blocks, :, offsets, :hs] = key[:num_tokens][valid].to(kv_cache.dtype)
+    kv_cache[blocks, :, offsets, hs:] = value[:num_tokens][valid].to(kv_cache.dtype)

@@ -1,0 +1,241 @@
+"""Plain PyTorch HSTU: the oracle every served result is checked against.
+
+`HSTUReference` is Meta's research HSTU (generative retrieval) for one user,
+over the whole sequence, no cache, no paging. Its parameter names are the keys
+of Meta's checkpoints without the `module.` prefix, so an original state dict
+loads with `load_state_dict` and nothing in between: a converter bug cannot
+hide in a shared mapping.
+
+Math (DESIGN section 3):
+    n  = LayerNorm(x)                                   # no affine, eps 1e-6
+    u, v, q, k = split(silu(n @ W_uvqk))                # order u|v|q|k
+    A[i,j] = silu(q_i . k_j + rab[i,j]) / N * [j <= i]  # N fixed
+    x  = x + (u * LayerNorm(A @ v)) @ W_o + b_o
+    rab[i,j] = pos_w[N-1 + j - i] + ts_w[bucket(ts_query[i] - ts_key[j])]
+
+The `_action_emb` table is vllm-mtgr's extension (absent in Meta's models).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def time_buckets(delta: torch.Tensor, num_buckets: int, divisor: float) -> torch.Tensor:
+    """Meta's bucketization: floor(ln(max(|dt|, 1)) / divisor), clamped.
+
+    The log runs in float32, as Meta's `torch.log` of an int64 tensor does.
+    """
+    seconds = delta.abs().clamp(min=1).to(torch.float32)
+    return (torch.log(seconds) / divisor).long().clamp(0, num_buckets)
+
+
+def relative_bias(
+    positions_q: torch.Tensor,
+    positions_k: torch.Tensor,
+    query_times: torch.Tensor,
+    key_times: torch.Tensor,
+    pos_w: torch.Tensor,
+    ts_w: torch.Tensor,
+    max_len: int,
+    divisor: float,
+) -> torch.Tensor:
+    """rab[i, j] for queries i and keys j (`[Tq, Tk]`, float32)."""
+    rel = (positions_k[None, :] - positions_q[:, None] + max_len - 1).clamp(
+        0, 2 * max_len - 2
+    )
+    buckets = time_buckets(
+        query_times[:, None] - key_times[None, :], ts_w.numel() - 1, divisor
+    )
+    return pos_w.float()[rel] + ts_w.float()[buckets]
+
+
+class _RelativeBias(nn.Module):
+    def __init__(self, max_len: int, num_buckets: int) -> None:
+        super().__init__()
+        self._ts_w = nn.Parameter(torch.empty(num_buckets + 1))
+        self._pos_w = nn.Parameter(torch.empty(2 * max_len - 1))
+
+
+class _HSTULayer(nn.Module):
+    def __init__(
+        self, dim: int, heads: int, dqk: int, dv: int, max_len: int, buckets: int
+    ) -> None:
+        super().__init__()
+        self._uvqk = nn.Parameter(torch.empty(dim, (2 * dv + 2 * dqk) * heads))
+        self._o = nn.Linear(dv * heads, dim)
+        self._rel_attn_bias = _RelativeBias(max_len, buckets)
+
+
+class _Holder(nn.Module):
+    """Empty container so parameter names match Meta's module tree."""
+
+
+class HSTUReference(nn.Module):
+    """Meta's research HSTU for one user's full sequence."""
+
+    def __init__(
+        self,
+        num_items: int,
+        embedding_dim: int,
+        num_blocks: int,
+        num_heads: int,
+        attention_dim: int,
+        linear_dim: int,
+        max_sequence_len: int,
+        num_time_buckets: int = 128,
+        time_bucket_divisor: float = 0.301,
+        eps: float = 1e-6,
+        num_action_types: int = 0,
+        temperature: float = 0.05,
+    ) -> None:
+        super().__init__()
+        self.dim = embedding_dim
+        self.heads = num_heads
+        self.dqk = attention_dim
+        self.dv = linear_dim
+        self.max_len = max_sequence_len
+        self.divisor = time_bucket_divisor
+        self.eps = eps
+        self.temperature = temperature
+        self._embedding_module = _Holder()
+        self._embedding_module._item_emb = nn.Embedding(num_items + 1, embedding_dim)
+        self._input_features_preproc = _Holder()
+        self._input_features_preproc._pos_emb = nn.Embedding(
+            max_sequence_len, embedding_dim
+        )
+        self._hstu = _Holder()
+        self._hstu._attention_layers = nn.ModuleList(
+            _HSTULayer(
+                embedding_dim,
+                num_heads,
+                attention_dim,
+                linear_dim,
+                max_sequence_len,
+                num_time_buckets,
+            )
+            for _ in range(num_blocks)
+        )
+        self._action_emb = (
+            nn.Embedding(num_action_types, embedding_dim) if num_action_types else None
+        )
+
+    @classmethod
+    def from_config(cls, config) -> HSTUReference:
+        """Build from an `MTGRConfig` (random-init weights; load a state dict)."""
+        return cls(
+            num_items=config.num_items,
+            embedding_dim=config.hidden_size,
+            num_blocks=config.num_hidden_layers,
+            num_heads=config.num_attention_heads,
+            attention_dim=config.attention_dim,
+            linear_dim=config.linear_dim,
+            max_sequence_len=config.max_position_embeddings,
+            num_time_buckets=config.num_time_buckets,
+            time_bucket_divisor=config.time_bucket_divisor,
+            eps=config.layer_norm_eps,
+            num_action_types=config.num_action_types,
+            temperature=config.logit_temperature,
+        )
+
+    def _layer(
+        self,
+        layer: _HSTULayer,
+        x: torch.Tensor,
+        rab: torch.Tensor,
+    ) -> torch.Tensor:
+        length = x.shape[0]
+        h, dqk, dv = self.heads, self.dqk, self.dv
+        normed = F.layer_norm(x, [self.dim], eps=self.eps)
+        uvqk = F.silu(normed @ layer._uvqk)
+        u, v, q, k = torch.split(uvqk, [h * dv, h * dv, h * dqk, h * dqk], dim=-1)
+        q = q.view(length, h, dqk)
+        k = k.view(length, h, dqk)
+        v = v.view(length, h, dv)
+        scores = torch.einsum("ihd,jhd->hij", q, k) + rab[None]
+        causal = torch.ones(length, length, dtype=torch.bool).tril()
+        attn = F.silu(scores) / self.max_len * causal
+        out = torch.einsum("hij,jhd->ihd", attn, v).reshape(length, h * dv)
+        out = u * F.layer_norm(out, [h * dv], eps=self.eps)
+        return x + layer._o(out)
+
+    def forward(
+        self,
+        item_ids: torch.Tensor,
+        key_times: torch.Tensor,
+        query_times: torch.Tensor,
+        actions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """L2-normalised output embedding of every position, `[L, D]`."""
+        length = item_ids.shape[0]
+        if length > self.max_len:
+            raise ValueError(f"sequence of {length} exceeds {self.max_len}")
+        positions = torch.arange(length)
+        x = self._embedding_module._item_emb(item_ids) * math.sqrt(self.dim)
+        x = x + self._input_features_preproc._pos_emb(positions)
+        if self._action_emb is not None:
+            x = x + self._action_emb(
+                actions if actions is not None else torch.zeros_like(item_ids)
+            )
+        for layer in self._hstu._attention_layers:
+            rab = relative_bias(
+                positions,
+                positions,
+                query_times,
+                key_times,
+                layer._rel_attn_bias._pos_w,
+                layer._rel_attn_bias._ts_w,
+                self.max_len,
+                self.divisor,
+            )
+            x = self._layer(layer, x, rab.to(x.dtype))
+        return x / x.norm(dim=-1, keepdim=True).clamp(min=self.eps)
+
+    def logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity to every item / temperature; padding id 0 is -inf."""
+        items = self._embedding_module._item_emb.weight
+        items = items / items.norm(dim=-1, keepdim=True).clamp(min=self.eps)
+        logits = outputs @ items.T / self.temperature
+        logits[:, 0] = float("-inf")
+        return logits
+
+    def sequence_logits(
+        self,
+        item_ids: list[int],
+        timestamps: list[int] | None = None,
+        request_timestamp: int | None = None,
+        history_length: int | None = None,
+        actions: list[int] | None = None,
+    ) -> torch.Tensor:
+        """Logits after every position of a history followed by generated items.
+
+        The first `history_length` items are the history with their
+        `timestamps`; later items are generated ones, which happen at
+        `request_timestamp` (default: the last history timestamp) with no
+        action. Without timestamps every time is 0.
+        """
+        length = len(item_ids)
+        history_length = length if history_length is None else history_length
+        history_times = list(timestamps) if timestamps else [0] * history_length
+        if request_timestamp is None:
+            request_timestamp = history_times[-1] if history_times else 0
+        key_times = history_times + [request_timestamp] * (length - history_length)
+        query_times = key_times[1:history_length] + [request_timestamp] * (
+            length - history_length + 1
+        )
+        all_actions = None
+        if actions is not None:
+            all_actions = torch.tensor(
+                list(actions) + [0] * (length - history_length), dtype=torch.long
+            )
+        outputs = self.forward(
+            torch.tensor(item_ids, dtype=torch.long),
+            torch.tensor(key_times, dtype=torch.long),
+            torch.tensor(query_times[:length], dtype=torch.long),
+            all_actions,
+        )
+        return self.logits(outputs)

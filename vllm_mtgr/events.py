@@ -1,0 +1,222 @@
+"""Per-event side data (timestamps, action types) and how it travels through vLLM.
+
+Why this shape (the choice DESIGN section 4 asks for):
+
+* HSTU's time bias for query token i and key token j is
+  `ts_w[bucket(ts[i + 1] - ts[j])]`: every token needs its own key time `ts[j]`
+  and query time `ts[i + 1]` (the next event's time; the request time for the
+  last history event and for generated items), in prefill *and* decode.
+* Prompt embeddings cannot carry exact 31-bit integers in bf16, and
+  `SamplingParams.extra_args` reaches only logits processors, never `forward`,
+  and is not part of the prefix-cache key. Neither works.
+* A multimodal item ("events") is hashed into vLLM's block hashes, so two
+  histories with equal items but different timestamps never share cached
+  blocks. Its data reaches the model only at prefill, though.
+* M-RoPE-style position rows reach `forward` for every token, prefill and
+  decode (decode rows are `position + delta`, one delta per request).
+
+So: the history is split into "events" chunks of `EVENT_CHUNK_TOKENS` tokens
+(a grown history then changes only its last chunk, and the blocks before it
+stay cached), and each token's position row packs `time << POSITION_BITS |
+position`. With `delta = request_time << POSITION_BITS`, generated tokens decode
+to key and query time = request time, with no per-step help from the
+scheduler. Key times of cached tokens are read back from the KV pages, where
+the model stores them as four byte-valued slots of each key (exact in fp32,
+fp16 and bf16): see `time_slots`.
+
+A chunk's query times include the first timestamp of the next chunk, so the
+hash of a chunk covers everything its tokens' KV depends on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vllm_mtgr.errors import RequestError
+
+EVENT_CHUNK_TOKENS = 16
+POSITION_BITS = 20
+MAX_POSITION = (1 << POSITION_BITS) - 1
+MAX_TIMESTAMP = (1 << 31) - 1
+TIME_SLOTS = 4
+_BYTE_SHIFTS = (0, 8, 16, 24)
+
+
+class EventsError(RequestError):
+    """A request's events do not fit its history."""
+
+
+@dataclass(frozen=True)
+class Events:
+    """The side data of one request's history (all lists as long as the history)."""
+
+    timestamps: tuple[int, ...]
+    request_timestamp: int
+    actions: tuple[int, ...] | None = None
+
+    @property
+    def query_times(self) -> tuple[int, ...]:
+        """`ts[i + 1]` for each event; the request time for the last one."""
+        return self.timestamps[1:] + (self.request_timestamp,)
+
+
+def _as_int_list(name: str, values: object) -> list[int]:
+    if isinstance(values, (torch.Tensor, np.ndarray)):
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)):
+        raise EventsError(f"`{name}` must be a list of integers", name)
+    out = []
+    for i, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise EventsError(
+                f"`{name}[{i}]` must be an integer, got {type(value).__name__} "
+                f"{value!r}",
+                name,
+            )
+        out.append(int(value))
+    return out
+
+
+def _check_timestamp(name: str, value: int) -> None:
+    if not 0 <= value <= MAX_TIMESTAMP:
+        raise EventsError(
+            f"`{name}` = {value} is outside [0, {MAX_TIMESTAMP}]: send seconds "
+            "(e.g. Unix time), relative to any fixed origin",
+            name.split("[")[0],
+        )
+
+
+def parse_events(
+    num_events: int,
+    timestamps: object,
+    request_timestamp: object = None,
+    actions: object = None,
+    num_action_types: int = 0,
+) -> Events:
+    """Validate a request's side data against a history of `num_events` items."""
+    ts = _as_int_list("timestamps", timestamps)
+    if len(ts) != num_events:
+        raise EventsError(
+            f"`timestamps` has {len(ts)} values but the history has {num_events} items",
+            "timestamps",
+        )
+    for i, value in enumerate(ts):
+        _check_timestamp(f"timestamps[{i}]", value)
+    if request_timestamp is None:
+        request_time = ts[-1] if ts else 0
+    else:
+        (request_time,) = _as_int_list("request_timestamp", [request_timestamp])
+        _check_timestamp("request_timestamp", request_time)
+    action_ids = None
+    if actions is not None:
+        if num_action_types == 0:
+            raise EventsError(
+                "`actions` given, but this model has no action types", "actions"
+            )
+        action_ids = _as_int_list("actions", actions)
+        if len(action_ids) != num_events:
+            raise EventsError(
+                f"`actions` has {len(action_ids)} values but the history has "
+                f"{num_events} items",
+                "actions",
+            )
+        for i, value in enumerate(action_ids):
+            if not 0 <= value < num_action_types:
+                raise EventsError(
+                    f"`actions[{i}]` = {value} is outside [0, {num_action_types})",
+                    "actions",
+                )
+    return Events(tuple(ts), request_time, tuple(action_ids) if action_ids else None)
+
+
+@dataclass(frozen=True)
+class EventChunk:
+    """One multimodal "events" item: a run of consecutive history tokens."""
+
+    offset: int
+    item_ids: np.ndarray
+    key_times: np.ndarray
+    query_times: np.ndarray
+    actions: np.ndarray
+
+    def as_tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            "item_ids": torch.from_numpy(self.item_ids),
+            "key_times": torch.from_numpy(self.key_times),
+            "query_times": torch.from_numpy(self.query_times),
+            "actions": torch.from_numpy(self.actions),
+        }
+
+
+def chunk_events(item_ids: Sequence[int], events: Events) -> list[EventChunk]:
+    """Split a history into "events" items of `EVENT_CHUNK_TOKENS` tokens."""
+    ids = np.asarray(item_ids, dtype=np.int64)
+    key_times = np.asarray(events.timestamps, dtype=np.int64)
+    query_times = np.asarray(events.query_times, dtype=np.int64)
+    actions = (
+        np.asarray(events.actions, dtype=np.int64)
+        if events.actions is not None
+        else np.zeros(len(ids), dtype=np.int64)
+    )
+    return [
+        EventChunk(
+            offset=start,
+            item_ids=ids[start : start + EVENT_CHUNK_TOKENS],
+            key_times=key_times[start : start + EVENT_CHUNK_TOKENS],
+            query_times=query_times[start : start + EVENT_CHUNK_TOKENS],
+            actions=actions[start : start + EVENT_CHUNK_TOKENS],
+        )
+        for start in range(0, len(ids), EVENT_CHUNK_TOKENS)
+    ]
+
+
+def encode_position_rows(
+    num_tokens: int,
+    key_times: np.ndarray | None = None,
+    query_times: np.ndarray | None = None,
+) -> np.ndarray:
+    """Position rows `[3, num_tokens]`: key time, query time, key time (unused).
+
+    Tokens without events (plain text prompts) get time 0.
+    """
+    if num_tokens - 1 > MAX_POSITION:
+        raise EventsError(
+            f"history of {num_tokens} tokens exceeds {MAX_POSITION}", "prompt"
+        )
+    positions = np.arange(num_tokens, dtype=np.int64)
+    if key_times is None:
+        key_times = np.zeros(num_tokens, dtype=np.int64)
+    if query_times is None:
+        query_times = key_times
+    key_row = (key_times << POSITION_BITS) | positions
+    query_row = (query_times << POSITION_BITS) | positions
+    return np.stack([key_row, query_row, key_row])
+
+
+def decode_delta(request_timestamp: int) -> int:
+    """M-RoPE delta: generated tokens decode to time = request time."""
+    return request_timestamp << POSITION_BITS
+
+
+def decode_position_rows(
+    rows: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(positions, key times, query times) of each token, from `[3, T]` rows."""
+    positions = rows[0] & MAX_POSITION
+    return positions, rows[0] >> POSITION_BITS, rows[1] >> POSITION_BITS
+
+
+def time_slots(times: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`[T]` int times -> `[T, TIME_SLOTS]` byte values, exact in any float dtype."""
+    shifts = torch.tensor(_BYTE_SHIFTS, device=times.device, dtype=times.dtype)
+    return ((times.unsqueeze(-1) >> shifts) & 0xFF).to(dtype)
+
+
+def times_from_slots(slots: torch.Tensor) -> torch.Tensor:
+    """Inverse of `time_slots`: `[..., TIME_SLOTS]` floats -> `[...]` int64."""
+    shifts = torch.tensor(_BYTE_SHIFTS, device=slots.device, dtype=torch.int64)
+    return (slots.to(torch.int64) << shifts).sum(-1)

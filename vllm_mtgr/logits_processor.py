@@ -1,0 +1,71 @@
+"""Excludes items the user has already seen from retrieval results.
+
+On by default for every request to an MTGR model; switch it off per request
+with `SamplingParams(extra_args={"exclude_seen": False})` (OpenAI server:
+`extra_body={"vllm_xargs": {"exclude_seen": 0}}`). Seen items are the history
+and the items generated so far, so a multi-step completion never repeats one.
+"""
+
+from __future__ import annotations
+
+import torch
+from vllm import SamplingParams
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
+from vllm.v1.sample.logits_processor.builtin import process_dict_updates
+
+EXCLUDE_SEEN = "exclude_seen"
+_TRUE = (True, 1, "1", "true", "True")
+_FALSE = (False, 0, "0", "false", "False")
+
+
+def exclude_seen_requested(params: SamplingParams) -> bool:
+    value = (params.extra_args or {}).get(EXCLUDE_SEEN, True)
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"`{EXCLUDE_SEEN}` must be true or false, got {value!r}")
+
+
+class SeenItemsExclusion(LogitsProcessor):
+    """Sets the logits of each request's history and generated items to -inf."""
+
+    @classmethod
+    def validate_params(cls, sampling_params: SamplingParams) -> None:
+        exclude_seen_requested(sampling_params)
+
+    def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
+        self.device = device
+        # batch index -> (history item ids on device, live list of generated ids)
+        self.seen: dict[int, tuple[torch.Tensor, list[int]]] = {}
+
+    def is_argmax_invariant(self) -> bool:
+        return False
+
+    def _new_state(
+        self,
+        params: SamplingParams,
+        prompt_ids: list[int] | None,
+        output_ids: list[int],
+    ) -> tuple[torch.Tensor, list[int]] | None:
+        if not exclude_seen_requested(params):
+            return None
+        history = torch.tensor(prompt_ids or [], dtype=torch.long, device=self.device)
+        return history, output_ids
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        process_dict_updates(self.seen, batch_update, self._new_state)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.seen:
+            return logits
+        rows, cols = [], []
+        for index, (history, generated) in self.seen.items():
+            items = history
+            if generated:
+                extra = torch.tensor(generated, dtype=torch.long, device=self.device)
+                items = torch.cat([history, extra])
+            rows.append(torch.full_like(items, index))
+            cols.append(items)
+        logits[torch.cat(rows), torch.cat(cols)] = float("-inf")
+        return logits

@@ -1,0 +1,33 @@
+"""Renderer for MTGR models: vLLM's Hugging Face renderer plus history checks.
+
+Every prompt, offline or served, text or token ids, with or without events,
+passes `process_for_engine`; checking there turns an unknown item into a
+clear error (HTTP 400 on the server) instead of an `<unk>` embedding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vllm.renderers.hf import HfRenderer
+
+from vllm_mtgr.validation import check_history
+
+
+class MTGRRenderer(HfRenderer):
+    def _check(self, prompt: Any) -> None:
+        token_ids = prompt.get("prompt_token_ids") if isinstance(prompt, dict) else None
+        if token_ids is not None:
+            check_history(
+                token_ids, self.config.model_config.hf_config, prompt.get("prompt")
+            )
+
+    def process_for_engine(self, prompt: Any, *args: Any, **kwargs: Any) -> Any:
+        self._check(prompt)
+        return super().process_for_engine(prompt, *args, **kwargs)
+
+    async def process_for_engine_async(
+        self, prompt: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        self._check(prompt)
+        return await super().process_for_engine_async(prompt, *args, **kwargs)

@@ -1,0 +1,36 @@
+"""Checks every history must pass before it reaches the model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from vllm_mtgr.config import MTGRConfig
+from vllm_mtgr.errors import RequestError
+
+
+class HistoryError(RequestError):
+    """A history the model cannot use; the message names the item."""
+
+
+def check_history(
+    token_ids: Sequence[int], config: MTGRConfig, text: str | None = None
+) -> None:
+    """Reject empty histories and tokens that are not items (padding, unknown)."""
+    if not token_ids:
+        raise HistoryError(
+            "the history (prompt) is empty: send at least one item", "prompt"
+        )
+    for position, token_id in enumerate(token_ids):
+        if 1 <= token_id <= config.num_items:
+            continue
+        words = text.split() if text else []
+        shown = (
+            f"'{words[position]}'"
+            if len(words) == len(token_ids)
+            else f"token id {token_id}"
+        )
+        raise HistoryError(
+            f"history item {position} ({shown}) is not an item of this model "
+            f"(items are item_1 .. item_{config.num_items})",
+            "prompt",
+        )
