@@ -38,6 +38,7 @@ import torch
 
 from vllm_mtgr.errors import RequestError
 
+MODALITY = "events"
 EVENT_CHUNK_TOKENS = 16
 POSITION_BITS = 20
 MAX_POSITION = (1 << POSITION_BITS) - 1

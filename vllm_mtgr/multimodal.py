@@ -34,6 +34,7 @@ from vllm.multimodal.processing import (
 from vllm_mtgr import compat
 from vllm_mtgr.events import (
     EVENT_CHUNK_TOKENS,
+    MODALITY,
     EventChunk,
     Events,
     EventsError,
@@ -43,8 +44,8 @@ from vllm_mtgr.events import (
 from vllm_mtgr.tokenizer import item_token
 from vllm_mtgr.validation import check_history
 
-MODALITY = "events"
-FIELDS = ("item_ids", "key_times", "query_times", "actions")
+EMBEDDING_FIELDS = ("item_ids", "actions")
+TIME_FIELDS = ("key_times", "query_times")
 
 
 class EventsItems(ModalityDataItems[Mapping[str, object], Mapping[str, object]]):
@@ -131,6 +132,19 @@ class EventsDummyInputsBuilder(BaseDummyInputsBuilder[EventsProcessingInfo]):
         return {MODALITY: {"timestamps": [0] * count}}
 
 
+def _fields_config() -> dict[str, MultiModalFieldConfig]:
+    # Times feed the position rows, computed on the CPU; ids and actions feed
+    # the embedding, on the device.
+    fields = {
+        name: MultiModalFieldConfig.batched(MODALITY, keep_on_cpu=True)
+        for name in TIME_FIELDS
+    }
+    fields.update(
+        (name, MultiModalFieldConfig.batched(MODALITY)) for name in EMBEDDING_FIELDS
+    )
+    return fields
+
+
 def _chunk_hash(model_id: str, chunk: EventChunk) -> str:
     digest = hashlib.sha256(model_id.encode())
     for name in ("key_times", "query_times", "actions"):
@@ -143,7 +157,7 @@ class EventsMultiModalProcessor(BaseMultiModalProcessor[EventsProcessingInfo]):
     """Attaches validated, chunked events to a history; the tokens stay as they are."""
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs, **_kwargs):
-        return {name: MultiModalFieldConfig.batched(MODALITY) for name in FIELDS}
+        return _fields_config()
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         return []
@@ -162,11 +176,11 @@ class EventsMultiModalProcessor(BaseMultiModalProcessor[EventsProcessingInfo]):
                 "timestamps",
             )
         chunks = chunk_events(prompt, items.events)
-        field = MultiModalFieldConfig.batched(MODALITY).field
+        fields = {name: config.field for name, config in _fields_config().items()}
         kwargs_items = [
             MultiModalKwargsItem(
                 {
-                    name: MultiModalFieldElem(data=tensor, field=field)
+                    name: MultiModalFieldElem(data=tensor, field=fields[name])
                     for name, tensor in chunk.as_tensors().items()
                 }
             )
@@ -190,7 +204,9 @@ def events_from_features(
 ) -> tuple[np.ndarray | None, np.ndarray | None, int]:
     """(key times, query times, request time) of a prompt from its events items.
 
-    Returns `(None, None, 0)` for a prompt without events (plain text).
+    Returns `(None, None, 0)` for a prompt without events (plain text). Times
+    are `keep_on_cpu` fields, which vLLM keeps even for chunks inside a
+    prefix-cache hit (it drops the other fields there).
     """
     chunks = [f for f in features if f.modality == MODALITY]
     if not chunks:
@@ -199,11 +215,6 @@ def events_from_features(
     query_times = np.zeros(num_tokens, dtype=np.int64)
     last_end, request_time = -1, 0
     for feature in chunks:
-        if feature.data is None:
-            raise RuntimeError(
-                "events data did not reach the model runner; run with the "
-                "multimodal processor cache off (mm_processor_cache_gb=0)"
-            )
         start = feature.mm_position.offset
         end = start + feature.mm_position.length
         key_times[start:end] = _field(feature, "key_times")
