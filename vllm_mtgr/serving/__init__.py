@@ -1,0 +1,1 @@
+"""OpenAI-server extensions: completions with events (`/v1/completions`)."""
