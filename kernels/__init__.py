@@ -1,12 +1,14 @@
 """HSTU attention kernels over vLLM's paged KV cache, and their references.
 
-`hstu_attention` and `write_kv_cache` are the one interface the plugin calls;
-they run the Triton kernels on CUDA tensors and the PyTorch path elsewhere.
+`hstu_attention`, `write_kv_cache` and `gated_layer_norm` are the one
+interface the plugin calls: CUDA tensors run the Triton kernels
+(`paged_triton`), anything else the PyTorch path (`paged_torch`).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .paged_torch import HSTUAttentionParams
 
@@ -22,11 +24,30 @@ def hstu_attention(
     params: HSTUAttentionParams,
     output: torch.Tensor,
     candidate_starts: torch.Tensor | None = None,
+    max_query_len: int | None = None,
 ) -> None:
     """HSTU attention of each query token over its request's cached keys.
 
     See `paged_torch` for the layout contract; writes `output[..., :value_dim]`.
+    `max_query_len` (a host int) lets the GPU path pick its decode kernel.
     """
+    if query.is_cuda:
+        from .paged_triton import hstu_attention_triton
+
+        hstu_attention_triton(
+            query,
+            kv_cache,
+            block_table,
+            query_start_loc,
+            seq_lens,
+            pos_w,
+            ts_w,
+            params,
+            output,
+            candidate_starts,
+            max_query_len,
+        )
+        return
     from .paged_torch import hstu_paged_attention
 
     hstu_paged_attention(
@@ -55,4 +76,24 @@ def write_kv_cache(
     write(key, value, kv_cache, slot_mapping)
 
 
-__all__ = ["HSTUAttentionParams", "hstu_attention", "write_kv_cache"]
+def gated_layer_norm(
+    attention: torch.Tensor, value_dim: int, gate: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """`gate * LayerNorm(attention[..., :value_dim])` over all heads of a token.
+
+    `attention` is `[T, heads, width]`, `gate` `[T, heads * value_dim]`.
+    """
+    if attention.is_cuda:
+        from .paged_triton import gated_layer_norm as fused
+
+        return fused(attention, value_dim, gate, eps)
+    values = attention[..., :value_dim].reshape(gate.shape)
+    return gate * F.layer_norm(values, values.shape[-1:], eps=eps)
+
+
+__all__ = [
+    "HSTUAttentionParams",
+    "gated_layer_norm",
+    "hstu_attention",
+    "write_kv_cache",
+]

@@ -19,6 +19,8 @@ The `_action_emb` table is vllm-mtgr's extension (absent in Meta's models).
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -141,6 +143,40 @@ class HSTUReference(nn.Module):
             num_action_types=config.num_action_types,
             temperature=config.logit_temperature,
         )
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path) -> HSTUReference:
+        """Load a served model directory (vllm-mtgr names) into the oracle."""
+        from safetensors.torch import load_file
+
+        from vllm_mtgr.config import MTGRConfig
+
+        model_dir = Path(model_dir)
+        reference = cls.from_config(MTGRConfig.from_pretrained(model_dir))
+        served: dict[str, torch.Tensor] = {}
+        for shard in sorted(model_dir.glob("*.safetensors")):
+            served.update(load_file(shard))
+        state = {}
+        for name, tensor in served.items():
+            layer = re.match(r"model\.layers\.(\d+)\.(.+)", name)
+            if name == "model.item_embedding.weight":
+                state["_embedding_module._item_emb.weight"] = tensor[:-1]  # no <unk>
+            elif name == "model.position_embedding.weight":
+                state["_input_features_preproc._pos_emb.weight"] = tensor
+            elif name == "model.action_embedding.weight":
+                state["_action_emb.weight"] = tensor
+            elif layer:
+                prefix = f"_hstu._attention_layers.{layer.group(1)}."
+                key = {
+                    "uvqk_proj.weight": "_uvqk",
+                    "o_proj.weight": "_o.weight",
+                    "o_proj.bias": "_o.bias",
+                    "attn.relative_bias.position_weight": "_rel_attn_bias._pos_w",
+                    "attn.relative_bias.time_weight": "_rel_attn_bias._ts_w",
+                }[layer.group(2)]
+                state[prefix + key] = tensor.t() if key == "_uvqk" else tensor
+        reference.load_state_dict({k: v.float() for k, v in state.items()})
+        return reference.eval()
 
     def _layer(
         self,

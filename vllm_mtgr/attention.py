@@ -135,6 +135,7 @@ class HSTUAttentionImpl(AttentionImpl[HSTUAttentionMetadata]):
             bias.time_weight,
             self.params,
             output[:num_tokens],
+            max_query_len=attn_metadata.max_query_len,
         )
         return output
 

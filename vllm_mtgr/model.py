@@ -39,7 +39,7 @@ from vllm_mtgr.events import (
     encode_position_rows,
     time_slots,
 )
-from vllm_mtgr.kernels import HSTUAttentionParams
+from vllm_mtgr.kernels import HSTUAttentionParams, gated_layer_norm
 from vllm_mtgr.multimodal import (
     EventsDummyInputsBuilder,
     EventsMultiModalProcessor,
@@ -60,8 +60,6 @@ def _attention_params(config: MTGRConfig) -> HSTUAttentionParams:
 
 def _layer_norm(x: torch.Tensor, eps: float, tp_size: int) -> torch.Tensor:
     """Affine-free LayerNorm over the last dim, which is sharded across TP ranks."""
-    if tp_size == 1:
-        return F.layer_norm(x, x.shape[-1:], eps=eps)
     stats = torch.stack([x.float().sum(-1), x.float().square().sum(-1)])
     stats = tensor_model_parallel_all_reduce(stats)
     count = x.shape[-1] * tp_size
@@ -139,8 +137,13 @@ class HSTUBlock(nn.Module):
             _with_slots(k, h, key_slots, width),
             _with_slots(v, h, None, width),
         )
-        attn = attn.view(-1, h, width)[..., :dv].reshape(-1, h * dv)
-        out, _ = self.o_proj(u * _layer_norm(attn, self.eps, self.tp_size))
+        attn = attn.view(-1, h, width)
+        if self.tp_size == 1:
+            gated = gated_layer_norm(attn, dv, u, self.eps)
+        else:
+            values = attn[..., :dv].reshape(-1, h * dv)
+            gated = u * _layer_norm(values, self.eps, self.tp_size)
+        out, _ = self.o_proj(gated)
         return x + out
 
 

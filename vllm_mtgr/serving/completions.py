@@ -129,4 +129,3 @@ def with_events(serving: Any) -> Any:
     events_serving = copy.copy(serving)
     events_serving.online_renderer = EventsRenderer(serving.online_renderer)
     return events_serving
-

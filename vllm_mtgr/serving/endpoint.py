@@ -21,9 +21,7 @@ class MTGREndpointPlugin:
     def attach_router(self, app: Any) -> None:
         """Nothing to attach: `/v1/completions` stays vLLM's route."""
 
-    async def init_state(
-        self, engine_client: Any, state: Any, args: Namespace
-    ) -> None:
+    async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
         serving = getattr(state, "openai_serving_completion", None)
         if serving is not None:
             state.openai_serving_completion = with_events(serving)

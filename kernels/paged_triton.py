@@ -1,0 +1,347 @@
+"""HSTU attention over vLLM's paged KV cache, in Triton (the GPU path).
+
+Same contract as `paged_torch` (layout, positions, masks). Two kernels:
+
+* `_prefill_kernel`: any batch (prefill chunks, decode tokens, both). A
+  program owns `BLOCK_M` query rows of one request and one head, walks that
+  request's keys page by page through the block table and accumulates
+  `silu(q.k + rab) / N @ v` with tensor-core dots. HSTU has no softmax, so
+  there is no running max or rescaling. Programs find their request by a
+  binary search over `query_start_loc` on the device (as vLLM's unified
+  attention does): no host work per batch, so the launch is graph-safe.
+* `_decode_kernel`: one query token per request. Memory-bound; the keys of a
+  request are split across `num_splits` programs whose partial outputs are
+  simply summed (again: no softmax to renormalise).
+
+`gated_layer_norm` fuses `u * LayerNorm(attention)` and reads the attention
+output straight from the `[T, heads, cache_head_size]` buffer.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .paged_torch import HSTUAttentionParams
+
+TIME_SLOTS = 4
+
+
+@triton.jit
+def _slot_times(ptrs, mask):
+    """Decode the 4 byte-valued time slots at `ptrs + 0..3` into int32 times."""
+    b0 = tl.load(ptrs + 0, mask=mask, other=0).to(tl.int32)
+    b1 = tl.load(ptrs + 1, mask=mask, other=0).to(tl.int32)
+    b2 = tl.load(ptrs + 2, mask=mask, other=0).to(tl.int32)
+    b3 = tl.load(ptrs + 3, mask=mask, other=0).to(tl.int32)
+    return b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)
+
+
+@triton.jit
+def _relative_bias(
+    pos_q, pos_k, time_q, time_k, POS_W, TS_W, max_len, divisor, NUM_BUCKETS
+):
+    """rab[i, j] = pos_w[N - 1 + j - i] + ts_w[bucket(t_q[i] - t_k[j])]."""
+    rel = pos_k[None, :] - pos_q[:, None] + (max_len - 1)
+    rel = tl.minimum(tl.maximum(rel, 0), 2 * max_len - 2)
+    bias = tl.load(POS_W + rel).to(tl.float32)
+    delta = tl.abs(time_q[:, None] - time_k[None, :])
+    seconds = tl.maximum(delta, 1).to(tl.float32)
+    # Meta: floor(ln(max(|dt|, 1)) / divisor), in float32.
+    bucket = tl.math.div_rn(tl.log(seconds), divisor).to(tl.int32)
+    bucket = tl.minimum(bucket, NUM_BUCKETS)
+    return bias + tl.load(TS_W + bucket).to(tl.float32)
+
+
+@triton.jit
+def _visible(pos_q, pos_k, cand_start, HAS_CANDIDATES: tl.constexpr):
+    ok = pos_k[None, :] <= pos_q[:, None]
+    if HAS_CANDIDATES:
+        history_query = pos_q[:, None] < cand_start
+        history_key = pos_k[None, :] < cand_start
+        own = pos_k[None, :] == pos_q[:, None]
+        ok = ok & (history_query | history_key | own)
+    return ok
+
+
+@triton.jit
+def _find_request(QUERY_START, q_block, num_reqs, BLOCK_M: tl.constexpr):
+    """The request whose query blocks contain global block `q_block`.
+
+    Request r's blocks start at query_start[r] // BLOCK_M + r (an upper bound
+    that leaves room for every request's partial last block).
+    """
+    lo = 0
+    hi = num_reqs
+    while lo < hi:
+        mid = (lo + hi) // 2
+        first = tl.load(QUERY_START + mid) // BLOCK_M + mid
+        if first <= q_block:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
+
+
+@triton.jit
+def _prefill_kernel(
+    Q, KV, OUT, BLOCK_TABLE, QUERY_START, SEQ_LENS, POS_W, TS_W, CAND_START,
+    stride_qt, stride_qh, stride_kvb, stride_kvh, stride_kvn,
+    stride_ot, stride_oh, stride_bt,
+    num_reqs, max_len, divisor, inv_normalizer,
+    HAS_CANDIDATES: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, HS: tl.constexpr,
+    PAGE: tl.constexpr, NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    q_block = tl.program_id(0)
+    head = tl.program_id(1)
+    req = _find_request(QUERY_START, q_block, num_reqs, BLOCK_M)
+    q_start = tl.load(QUERY_START + req)
+    q_len = tl.load(QUERY_START + req + 1) - q_start
+    local = q_block - (q_start // BLOCK_M + req)
+    if local * BLOCK_M >= q_len:
+        return
+    seq_len = tl.load(SEQ_LENS + req)
+    cand_start = seq_len
+    if HAS_CANDIDATES:
+        cand_start = tl.load(CAND_START + req)
+
+    m = local * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = m < q_len
+    token = (q_start + m).to(tl.int64)
+    pos_q = seq_len - q_len + m
+    d_qk = tl.arange(0, BLOCK_DQK)
+    d_v = tl.arange(0, BLOCK_DV)
+    q_rows = Q + token * stride_qt + head * stride_qh
+    q = tl.load(
+        q_rows[:, None] + d_qk[None, :],
+        mask=m_ok[:, None] & (d_qk[None, :] < DQK),
+        other=0.0,
+    )
+    time_q = _slot_times(q_rows + DQK, m_ok)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    kv_end = tl.minimum(seq_len, seq_len - q_len + (local + 1) * BLOCK_M)
+    table = BLOCK_TABLE + req.to(tl.int64) * stride_bt
+    for start in range(0, kv_end, BLOCK_N):
+        n = start + tl.arange(0, BLOCK_N)
+        n_ok = n < kv_end
+        page = tl.load(table + n // PAGE, mask=n_ok, other=0).to(tl.int64)
+        rows = KV + page * stride_kvb + head * stride_kvh + (n % PAGE) * stride_kvn
+        k = tl.load(
+            rows[:, None] + d_qk[None, :],
+            mask=n_ok[:, None] & (d_qk[None, :] < DQK),
+            other=0.0,
+        )
+        v = tl.load(
+            rows[:, None] + HS + d_v[None, :],
+            mask=n_ok[:, None] & (d_v[None, :] < DV),
+            other=0.0,
+        )
+        time_k = _slot_times(rows + DQK, n_ok)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        s += _relative_bias(
+            pos_q, n, time_q, time_k, POS_W, TS_W, max_len, divisor, NUM_BUCKETS
+        )
+        s = s * tl.sigmoid(s) * inv_normalizer
+        ok = _visible(pos_q, n, cand_start, HAS_CANDIDATES)
+        s = tl.where(ok & m_ok[:, None] & n_ok[None, :], s, 0.0)
+        acc += tl.dot(s.to(v.dtype), v, input_precision=PRECISION)
+
+    out = OUT + token[:, None] * stride_ot + head * stride_oh + d_v[None, :]
+    tl.store(
+        out, acc.to(OUT.dtype.element_ty), mask=m_ok[:, None] & (d_v[None, :] < DV)
+    )
+
+
+@triton.jit
+def _decode_kernel(
+    Q, KV, PARTIAL, BLOCK_TABLE, SEQ_LENS, POS_W, TS_W, CAND_START,
+    stride_qt, stride_qh, stride_kvb, stride_kvh, stride_kvn,
+    stride_ps, stride_pt, stride_ph, stride_bt,
+    max_len, divisor, inv_normalizer,
+    HAS_CANDIDATES: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, HS: tl.constexpr,
+    PAGE: tl.constexpr, NUM_BUCKETS: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    req = tl.program_id(0)
+    head = tl.program_id(1)
+    split = tl.program_id(2)
+    num_splits = tl.num_programs(2)
+    seq_len = tl.load(SEQ_LENS + req)
+    pos_q = seq_len - 1
+    cand_start = seq_len
+    if HAS_CANDIDATES:
+        cand_start = tl.load(CAND_START + req)
+    blocks = tl.cdiv(seq_len, BLOCK_N)
+    per_split = tl.cdiv(blocks, num_splits) * BLOCK_N
+    begin = split * per_split
+    end = tl.minimum(seq_len, begin + per_split)
+
+    d_qk = tl.arange(0, BLOCK_DQK)
+    d_v = tl.arange(0, BLOCK_DV)
+    q_row = Q + req.to(tl.int64) * stride_qt + head * stride_qh
+    q = tl.load(q_row + d_qk, mask=d_qk < DQK, other=0.0).to(tl.float32)
+    time_q = _slot_times(q_row + DQK + tl.zeros([1], dtype=tl.int32), True)
+    pos_q_row = pos_q + tl.zeros([1], dtype=tl.int32)
+    table = BLOCK_TABLE + req.to(tl.int64) * stride_bt
+    acc = tl.zeros([BLOCK_DV], dtype=tl.float32)
+    for start in range(begin, end, BLOCK_N):
+        n = start + tl.arange(0, BLOCK_N)
+        n_ok = n < end
+        page = tl.load(table + n // PAGE, mask=n_ok, other=0).to(tl.int64)
+        rows = KV + page * stride_kvb + head * stride_kvh + (n % PAGE) * stride_kvn
+        k = tl.load(
+            rows[:, None] + d_qk[None, :],
+            mask=n_ok[:, None] & (d_qk[None, :] < DQK),
+            other=0.0,
+        )
+        v = tl.load(
+            rows[:, None] + HS + d_v[None, :],
+            mask=n_ok[:, None] & (d_v[None, :] < DV),
+            other=0.0,
+        )
+        time_k = _slot_times(rows + DQK, n_ok)
+        s = tl.sum(q[None, :] * k.to(tl.float32), axis=1)[None, :]
+        s += _relative_bias(
+            pos_q_row, n, time_q, time_k, POS_W, TS_W, max_len, divisor, NUM_BUCKETS
+        )
+        s = s * tl.sigmoid(s) * inv_normalizer
+        ok = _visible(pos_q_row, n, cand_start, HAS_CANDIDATES)
+        s = tl.where(ok & n_ok[None, :], s, 0.0)
+        acc += tl.sum(tl.trans(s) * v.to(tl.float32), axis=0)
+    out = PARTIAL + split * stride_ps + req.to(tl.int64) * stride_pt + head * stride_ph
+    tl.store(out + d_v, acc, mask=d_v < DV)
+
+
+@triton.jit
+def _gated_layer_norm_kernel(
+    X, U, OUT, stride_xt, stride_xh, stride_ut, stride_ot, eps,
+    HEADS: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    token = tl.program_id(0).to(tl.int64)
+    i = tl.arange(0, BLOCK)
+    ok = i < HEADS * DV
+    x = tl.load(
+        X + token * stride_xt + (i // DV) * stride_xh + i % DV, mask=ok, other=0.0
+    ).to(tl.float32)
+    width = HEADS * DV
+    mean = tl.sum(x, axis=0) / width
+    centred = tl.where(ok, x - mean, 0.0)
+    var = tl.sum(centred * centred, axis=0) / width
+    u = tl.load(U + token * stride_ut + i, mask=ok, other=0.0).to(tl.float32)
+    y = u * centred * tl.rsqrt(var + eps)
+    tl.store(OUT + token * stride_ot + i, y.to(OUT.dtype.element_ty), mask=ok)
+
+
+def _multiprocessors(device: torch.device) -> int:
+    if device.type != "cuda":  # the Triton interpreter, on CPU tensors
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _block(d: int) -> int:
+    return max(16, triton.next_power_of_2(d))
+
+
+def _prefill_blocks(dqk: int, dv: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the prefill kernel."""
+    if max(dqk, dv) > 128:
+        return 64, 32, 4, 2
+    return 128, 64, 8, 2
+
+
+def decode_splits(num_tokens: int, heads: int, num_sms: int) -> int:
+    """Key splits per (token, head) so a decode batch fills the GPU twice over.
+
+    Depends on the batch shape only, never on sequence lengths: a captured
+    CUDA graph replays with the same grid whatever the lengths are.
+    """
+    programs = max(num_tokens * heads, 1)
+    return max(1, min(32, triton.cdiv(2 * num_sms, programs)))
+
+
+def hstu_attention_triton(
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    pos_w: torch.Tensor,
+    ts_w: torch.Tensor,
+    params: HSTUAttentionParams,
+    output: torch.Tensor,
+    candidate_starts: torch.Tensor | None = None,
+    max_query_len: int | None = None,
+    num_splits: int | None = None,
+) -> None:
+    """Triton HSTU attention; `max_query_len == 1` takes the decode kernel,
+    with `num_splits` key splits (default: `decode_splits`)."""
+    num_tokens, heads = query.shape[0], query.shape[1]
+    num_reqs = seq_lens.shape[0]
+    if num_tokens == 0:
+        return
+    page = kv_cache.shape[2]
+    hs = kv_cache.shape[-1] // 2
+    dqk, dv = params.attention_dim, params.value_dim
+    has_candidates = candidate_starts is not None
+    cand = candidate_starts if has_candidates else seq_lens
+    common = dict(
+        HAS_CANDIDATES=has_candidates,
+        DQK=dqk,
+        DV=dv,
+        BLOCK_DQK=_block(dqk),
+        BLOCK_DV=_block(dv),
+        HS=hs,
+        PAGE=page,
+        NUM_BUCKETS=ts_w.numel() - 1,
+    )
+    kv_strides = (kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2))
+    scalars = (params.max_len, params.time_bucket_divisor, 1.0 / params.normalizer)
+    if max_query_len == 1 and num_tokens == num_reqs:
+        splits = num_splits or decode_splits(
+            num_tokens, heads, _multiprocessors(query.device)
+        )
+        partial = torch.empty(
+            (splits, num_tokens, heads, dv), dtype=torch.float32, device=query.device
+        )
+        _decode_kernel[(num_tokens, heads, splits)](
+            query, kv_cache, partial, block_table, seq_lens, pos_w, ts_w, cand,
+            query.stride(0), query.stride(1), *kv_strides,
+            partial.stride(0), partial.stride(1), partial.stride(2),
+            block_table.stride(0), *scalars, BLOCK_N=64, **common,
+            num_warps=4,
+        )  # fmt: skip
+        output[..., :dv] = partial.sum(dim=0)
+        return
+    block_m, block_n, warps, stages = _prefill_blocks(dqk, dv)
+    grid = (num_tokens // block_m + num_reqs, heads)
+    _prefill_kernel[grid](
+        query, kv_cache, output, block_table, query_start_loc, seq_lens, pos_w, ts_w,
+        cand, query.stride(0), query.stride(1), *kv_strides,
+        output.stride(0), output.stride(1), block_table.stride(0),
+        num_reqs, *scalars, BLOCK_M=block_m, BLOCK_N=block_n, **common,
+        # fp32 models get exact fp32 dots, not TF32 (bf16/fp16 ignore this).
+        PRECISION="ieee", num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+
+
+def gated_layer_norm(
+    attention: torch.Tensor, value_dim: int, gate: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """`gate * LayerNorm(attention[..., :value_dim])` over all heads of a token.
+
+    `attention` is `[T, heads, width]` (width >= value_dim, any strides);
+    `gate` and the result are `[T, heads * value_dim]`.
+    """
+    tokens, heads = attention.shape[0], attention.shape[1]
+    out = torch.empty_like(gate)
+    if tokens:
+        _gated_layer_norm_kernel[(tokens,)](
+            attention, gate, out, attention.stride(0), attention.stride(1),
+            gate.stride(0), out.stride(0), eps, HEADS=heads, DV=value_dim,
+            BLOCK=triton.next_power_of_2(heads * value_dim),
+        )  # fmt: skip
+    return out

@@ -1,0 +1,132 @@
+"""The Triton kernels equal dense HSTU attention, on fresh random inputs.
+
+On a machine without a GPU they run under Triton's interpreter
+(`TRITON_INTERPRET=1`, fp32, small shapes); on a GPU the same tests run the
+compiled kernels in bf16 and fp16 (`benchmarks/kernels.py` covers real shapes).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # Must be set before the kernels are defined (Triton reads it at @jit).
+    os.environ["TRITON_INTERPRET"] = "1"
+
+triton = pytest.importorskip("triton", reason="needs the triton package")
+
+from attention_cases import make_case, relative_error  # noqa: E402
+from vllm_mtgr.kernels.paged_triton import (  # noqa: E402
+    gated_layer_norm,
+    hstu_attention_triton,
+)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.bfloat16, torch.float16] if DEVICE == "cuda" else [torch.float32]
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-2}
+
+CASES = {
+    # name: (sequence lengths, query lengths, candidate starts)
+    "ragged_prefill": ([37, 5, 70, 1], [37, 5, 70, 1], None),
+    "cached_prefix_and_chunk": ([48, 90], [16, 40], None),
+    "block_boundaries": ([16, 32, 15, 17], [16, 2, 15, 1], None),
+    "mixed_prefill_and_decode": ([33, 12, 64], [1, 12, 1], None),
+    "candidates": ([40, 25], [40, 25], [30, 20]),
+}
+
+
+def _seed() -> int:
+    return random.randrange(2**31)
+
+
+def _run(case, max_query_len, **kwargs):
+    out = torch.full(
+        (case.query.shape[0], case.query.shape[1], case.params.cache_head_size),
+        float("nan"),
+        dtype=case.query.dtype,
+        device=DEVICE,
+    )
+    hstu_attention_triton(
+        case.query,
+        case.kv_cache,
+        case.block_table,
+        case.query_start_loc,
+        case.seq_lens,
+        case.pos_w,
+        case.ts_w,
+        case.params,
+        out,
+        case.candidate_starts,
+        max_query_len,
+        **kwargs,
+    )
+    return out[..., : case.params.value_dim]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_prefill_kernel(name, dtype):
+    seq_lens, query_lens, candidates = CASES[name]
+    seed = _seed()
+    case = make_case(
+        seq_lens,
+        query_lens,
+        candidate_starts=candidates,
+        dtype=dtype,
+        device=DEVICE,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    got = _run(case, max(query_lens))
+    assert not got.isnan().any(), f"seed {seed}: unwritten output"
+    assert relative_error(got, case.expected) < TOLERANCE[dtype], f"seed {seed}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("splits", [1, 3])
+def test_decode_kernel_with_key_splits(dtype, splits):
+    seed = _seed()
+    case = make_case(
+        [17, 1, 70, 33],
+        [1, 1, 1, 1],
+        candidate_starts=[17, 1, 60, 33],
+        dtype=dtype,
+        device=DEVICE,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    got = _run(case, 1, num_splits=splits)
+    assert not got.isnan().any(), f"seed {seed}"
+    assert relative_error(got, case.expected) < TOLERANCE[dtype], f"seed {seed}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(("dqk", "dv"), [(32, 32), (50, 50), (16, 24)])
+def test_head_dims(dtype, dqk, dv):
+    seed = _seed()
+    case = make_case(
+        [40, 9],
+        [20, 9],
+        dqk=dqk,
+        dv=dv,
+        dtype=dtype,
+        device=DEVICE,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    got = _run(case, 20)
+    assert relative_error(got, case.expected) < TOLERANCE[dtype], f"seed {seed}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gated_layer_norm(dtype):
+    heads, dv, width = 3, 24, 32
+    attention = torch.randn(7, heads, width, device=DEVICE, dtype=dtype)
+    gate = torch.randn(7, heads * dv, device=DEVICE, dtype=dtype)
+    values = attention[..., :dv].reshape(7, heads * dv).float()
+    expected = gate.float() * torch.nn.functional.layer_norm(
+        values, [heads * dv], eps=1e-6
+    )
+    got = gated_layer_norm(attention, dv, gate, 1e-6)
+    assert relative_error(got, expected) < TOLERANCE[dtype]
