@@ -23,7 +23,6 @@ def hstu_attention(
     ts_w: torch.Tensor,
     params: HSTUAttentionParams,
     output: torch.Tensor,
-    candidate_starts: torch.Tensor | None = None,
     max_query_len: int | None = None,
 ) -> None:
     """HSTU attention of each query token over its request's cached keys.
@@ -44,7 +43,6 @@ def hstu_attention(
             ts_w,
             params,
             output,
-            candidate_starts,
             max_query_len,
         )
         return
@@ -60,7 +58,6 @@ def hstu_attention(
         ts_w,
         params,
         output,
-        candidate_starts,
     )
 
 

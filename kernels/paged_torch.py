@@ -5,15 +5,20 @@ Layout contract shared with the Triton kernels (`kernels.paged_triton`):
 * `kv_cache` is the layer's logical `[num_blocks, heads, block_size, 2 * hs]`
   view (any physical strides): key in `[..., :hs]`, value in `[..., hs:]`.
 * A key slot holds `k[:attention_dim]`, then `TIME_SLOTS` byte values of the
-  key's timestamp (see `vllm_mtgr.events.time_slots`), then padding. A query
-  has the same layout with its query time. A value slot holds `v[:value_dim]`.
+  key's timestamp (see `vllm_mtgr.events.byte_slots`), then padding. A query
+  has the same layout with its query time, followed by `KEY_LIMIT_SLOTS` byte
+  values of its key limit. A value slot holds `v[:value_dim]`.
 * Query token t of request r sits at position
   `seq_lens[r] - query_len[r] + (t - query_start_loc[r])`; the request's keys
   are positions `0 .. seq_lens[r] - 1`, read through `block_table[r]`.
 
-A query at position i attends to keys j <= i, and, where `candidate_starts` is
-given, a query at or after `candidate_starts[r]` attends only to keys before it
-and to itself (MTGR's candidates never see each other).
+Masks, from each query's key limit `L` (position i, key j):
+* `L == 0`: causal, j <= i (HSTU retrieval, MTGR's real-time history).
+* `L > i`: a bidirectional prefix, j < L (MTGR's profile + long history).
+* `0 < L <= i`: a candidate, j < L or j == i. Candidates sit at logical
+  position L, whatever their order, so reordering them changes nothing.
+The relative-position bias uses the logical query position; a query's own
+key is always at distance 0.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vllm_mtgr.events import TIME_SLOTS, times_from_slots
+from vllm_mtgr.events import KEY_LIMIT_SLOTS, TIME_SLOTS, times_from_slots
 
-from .reference import relative_bias
+from .reference import time_buckets
+
+SLOT_ALIGNMENT = 8  # elements: keeps every K/V row 16-byte aligned in bf16
 
 
 @dataclass(frozen=True)
@@ -40,8 +47,24 @@ class HSTUAttentionParams:
 
     @property
     def cache_head_size(self) -> int:
-        """Per-head slot width of the cache: q/k + time bytes, or v."""
-        return max(self.attention_dim + TIME_SLOTS, self.value_dim)
+        """Per-head slot width of the cache: q/k + time + key limit, or v."""
+        used = max(self.attention_dim + TIME_SLOTS + KEY_LIMIT_SLOTS, self.value_dim)
+        return -(-used // SLOT_ALIGNMENT) * SLOT_ALIGNMENT
+
+
+def attention_mask_and_distance(
+    pos_q: torch.Tensor, pos_k: torch.Tensor, key_limits: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(visible `[Tq, Tk]`, relative distance j - i `[Tq, Tk]`) for key limits."""
+    own = pos_k[None, :] == pos_q[:, None]
+    limit = key_limits[:, None]
+    visible = own | torch.where(
+        limit == 0, pos_k[None, :] <= pos_q[:, None], pos_k[None, :] < limit
+    )
+    candidate = (key_limits > 0) & (key_limits <= pos_q)
+    logical_q = torch.where(candidate, key_limits, pos_q)
+    distance = torch.where(own, 0, pos_k[None, :] - logical_q[:, None])
+    return visible, distance
 
 
 def gather_request_kv(
@@ -66,15 +89,12 @@ def hstu_paged_attention(
     ts_w: torch.Tensor,
     params: HSTUAttentionParams,
     output: torch.Tensor,
-    candidate_starts: torch.Tensor | None = None,
 ) -> None:
     """Write each query token's `[heads, value_dim]` attention into `output`."""
-    dqk, dv = params.attention_dim, params.value_dim
+    dqk, dv, n = params.attention_dim, params.value_dim, params.max_len
     hs = kv_cache.shape[-1] // 2
     starts = query_start_loc.tolist()
-    lengths = seq_lens.tolist()
-    cands = candidate_starts.tolist() if candidate_starts is not None else None
-    for r, seq_len in enumerate(lengths):
+    for r, seq_len in enumerate(seq_lens.tolist()):
         q_lo, q_hi = starts[r], starts[r + 1]
         if q_hi == q_lo:
             continue
@@ -84,24 +104,22 @@ def hstu_paged_attention(
         key_times = times_from_slots(slots[:, 0, dqk : dqk + TIME_SLOTS])
         q = query[q_lo:q_hi].float()
         query_times = times_from_slots(q[:, 0, dqk : dqk + TIME_SLOTS])
+        limit_slots = q[:, 0, dqk + TIME_SLOTS : dqk + TIME_SLOTS + KEY_LIMIT_SLOTS]
         pos_k = torch.arange(seq_len)
         pos_q = pos_k[seq_len - (q_hi - q_lo) :]
-        rab = relative_bias(
-            pos_q,
-            pos_k,
-            query_times,
-            key_times,
-            pos_w,
-            ts_w,
-            params.max_len,
+        visible, distance = attention_mask_and_distance(
+            pos_q, pos_k, times_from_slots(limit_slots)
+        )
+        buckets = time_buckets(
+            query_times[:, None] - key_times[None, :],
+            ts_w.numel() - 1,
             params.time_bucket_divisor,
         )
+        rab = (
+            pos_w.float()[(distance + n - 1).clamp(0, 2 * n - 2)]
+            + ts_w.float()[buckets]
+        )
         scores = torch.einsum("ihd,jhd->hij", q[..., :dqk], keys) + rab[None]
-        visible = pos_k[None, :] <= pos_q[:, None]
-        if cands is not None and cands[r] < seq_len:
-            is_candidate = pos_q[:, None] >= cands[r]
-            own = pos_k[None, :] == pos_q[:, None]
-            visible &= ~is_candidate | (pos_k[None, :] < cands[r]) | own
         attn = F.silu(scores) / params.normalizer * visible[None]
         out = torch.einsum("hij,jhd->ihd", attn, values)
         output[q_lo:q_hi, :, :dv] = out.to(output.dtype)

@@ -1,6 +1,6 @@
 """HSTU attention over vLLM's paged KV cache, in Triton (the GPU path).
 
-Same contract as `paged_torch` (layout, positions, masks). Two kernels:
+Same contract as `paged_torch` (layout, positions, key-limit masks). Kernels:
 
 * `_prefill_kernel`: any batch (prefill chunks, decode tokens, both). A
   program owns `BLOCK_M` query rows of one request and one head, walks that
@@ -8,13 +8,14 @@ Same contract as `paged_torch` (layout, positions, masks). Two kernels:
   `silu(q.k + rab) / N @ v` with tensor-core dots. HSTU has no softmax, so
   there is no running max or rescaling. Programs find their request by a
   binary search over `query_start_loc` on the device (as vLLM's unified
-  attention does): no host work per batch, so the launch is graph-safe.
+  attention does): no host work per batch, so the launch is graph-safe. Keys
+  are visited in two ranges: the prefix every row may see, then the tile's
+  own diagonal (candidates see themselves but no other candidate).
 * `_decode_kernel`: one query token per request. Memory-bound; the keys of a
   request are split across `num_splits` programs whose partial outputs are
   simply summed (again: no softmax to renormalise).
-
-`gated_layer_norm` fuses `u * LayerNorm(attention)` and reads the attention
-output straight from the `[T, heads, cache_head_size]` buffer.
+* `_gated_layer_norm_kernel`: `u * LayerNorm(attention)`, reading the
+  attention output straight from the `[T, heads, cache_head_size]` buffer.
 """
 
 from __future__ import annotations
@@ -25,44 +26,41 @@ import triton.language as tl
 
 from .paged_torch import HSTUAttentionParams
 
-TIME_SLOTS = 4
+
+@triton.jit
+def _slot_bytes(ptrs, mask, COUNT: tl.constexpr):
+    """Decode `COUNT` byte-valued slots at `ptrs + 0..COUNT-1` into int32."""
+    value = tl.load(ptrs, mask=mask, other=0).to(tl.int32)
+    for i in tl.static_range(1, COUNT):
+        value |= tl.load(ptrs + i, mask=mask, other=0).to(tl.int32) << (8 * i)
+    return value
 
 
 @triton.jit
-def _slot_times(ptrs, mask):
-    """Decode the 4 byte-valued time slots at `ptrs + 0..3` into int32 times."""
-    b0 = tl.load(ptrs + 0, mask=mask, other=0).to(tl.int32)
-    b1 = tl.load(ptrs + 1, mask=mask, other=0).to(tl.int32)
-    b2 = tl.load(ptrs + 2, mask=mask, other=0).to(tl.int32)
-    b3 = tl.load(ptrs + 3, mask=mask, other=0).to(tl.int32)
-    return b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)
-
-
-@triton.jit
-def _relative_bias(
-    pos_q, pos_k, time_q, time_k, POS_W, TS_W, max_len, divisor, NUM_BUCKETS
+def _masked_rab(
+    pos_q, pos_k, limit_q, time_q, time_k, POS_W, TS_W, max_len, divisor, NUM_BUCKETS
 ):
-    """rab[i, j] = pos_w[N - 1 + j - i] + ts_w[bucket(t_q[i] - t_k[j])]."""
-    rel = pos_k[None, :] - pos_q[:, None] + (max_len - 1)
-    rel = tl.minimum(tl.maximum(rel, 0), 2 * max_len - 2)
+    """(visible, rab) for queries at `pos_q` with key limits `limit_q`.
+
+    rab[i, j] = pos_w[N - 1 + distance] + ts_w[bucket(t_q[i] - t_k[j])], with
+    candidates (0 < limit <= position) at logical position `limit`.
+    """
+    own = pos_k[None, :] == pos_q[:, None]
+    limit = limit_q[:, None]
+    visible = own | tl.where(
+        limit == 0, pos_k[None, :] <= pos_q[:, None], pos_k[None, :] < limit
+    )
+    candidate = (limit_q > 0) & (limit_q <= pos_q)
+    logical_q = tl.where(candidate, limit_q, pos_q)
+    distance = tl.where(own, 0, pos_k[None, :] - logical_q[:, None])
+    rel = tl.minimum(tl.maximum(distance + (max_len - 1), 0), 2 * max_len - 2)
     bias = tl.load(POS_W + rel).to(tl.float32)
     delta = tl.abs(time_q[:, None] - time_k[None, :])
     seconds = tl.maximum(delta, 1).to(tl.float32)
     # Meta: floor(ln(max(|dt|, 1)) / divisor), in float32.
     bucket = tl.math.div_rn(tl.log(seconds), divisor).to(tl.int32)
     bucket = tl.minimum(bucket, NUM_BUCKETS)
-    return bias + tl.load(TS_W + bucket).to(tl.float32)
-
-
-@triton.jit
-def _visible(pos_q, pos_k, cand_start, HAS_CANDIDATES: tl.constexpr):
-    ok = pos_k[None, :] <= pos_q[:, None]
-    if HAS_CANDIDATES:
-        history_query = pos_q[:, None] < cand_start
-        history_key = pos_k[None, :] < cand_start
-        own = pos_k[None, :] == pos_q[:, None]
-        ok = ok & (history_query | history_key | own)
-    return ok
+    return visible, bias + tl.load(TS_W + bucket).to(tl.float32)
 
 
 @triton.jit
@@ -85,12 +83,51 @@ def _find_request(QUERY_START, q_block, num_reqs, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
+def _attend_range(
+    acc, q, pos_q, limit_q, time_q, row_ok, begin, end, table, KV, POS_W, TS_W,
+    stride_kvb, stride_kvh, stride_kvn, head, max_len, divisor, inv_normalizer,
+    DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr,
+    BLOCK_DV: tl.constexpr, HS: tl.constexpr, PAGE: tl.constexpr,
+    NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """acc += (silu(q.k + rab) / N, masked) @ v over keys [begin, end)."""
+    d_qk = tl.arange(0, BLOCK_DQK)
+    d_v = tl.arange(0, BLOCK_DV)
+    for start in range(begin, end, BLOCK_N):
+        n = start + tl.arange(0, BLOCK_N)
+        n_ok = n < end
+        page = tl.load(table + n // PAGE, mask=n_ok, other=0).to(tl.int64)
+        rows = KV + page * stride_kvb + head * stride_kvh + (n % PAGE) * stride_kvn
+        k = tl.load(
+            rows[:, None] + d_qk[None, :],
+            mask=n_ok[:, None] & (d_qk[None, :] < DQK),
+            other=0.0,
+        )
+        v = tl.load(
+            rows[:, None] + HS + d_v[None, :],
+            mask=n_ok[:, None] & (d_v[None, :] < DV),
+            other=0.0,
+        )
+        time_k = _slot_bytes(rows + DQK, n_ok, 4)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        visible, rab = _masked_rab(
+            pos_q, n, limit_q, time_q, time_k, POS_W, TS_W, max_len, divisor,
+            NUM_BUCKETS,
+        )  # fmt: skip
+        s += rab
+        s = s * tl.sigmoid(s) * inv_normalizer
+        s = tl.where(visible & row_ok[:, None] & n_ok[None, :], s, 0.0)
+        acc += tl.dot(s.to(v.dtype), v, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
 def _prefill_kernel(
-    Q, KV, OUT, BLOCK_TABLE, QUERY_START, SEQ_LENS, POS_W, TS_W, CAND_START,
+    Q, KV, OUT, BLOCK_TABLE, QUERY_START, SEQ_LENS, POS_W, TS_W,
     stride_qt, stride_qh, stride_kvb, stride_kvh, stride_kvn,
     stride_ot, stride_oh, stride_bt,
     num_reqs, max_len, divisor, inv_normalizer,
-    HAS_CANDIDATES: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+    DQK: tl.constexpr, DV: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, HS: tl.constexpr,
     PAGE: tl.constexpr, NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -104,52 +141,43 @@ def _prefill_kernel(
     if local * BLOCK_M >= q_len:
         return
     seq_len = tl.load(SEQ_LENS + req)
-    cand_start = seq_len
-    if HAS_CANDIDATES:
-        cand_start = tl.load(CAND_START + req)
 
     m = local * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = m < q_len
     token = (q_start + m).to(tl.int64)
     pos_q = seq_len - q_len + m
     d_qk = tl.arange(0, BLOCK_DQK)
-    d_v = tl.arange(0, BLOCK_DV)
     q_rows = Q + token * stride_qt + head * stride_qh
     q = tl.load(
         q_rows[:, None] + d_qk[None, :],
         mask=m_ok[:, None] & (d_qk[None, :] < DQK),
         other=0.0,
     )
-    time_q = _slot_times(q_rows + DQK, m_ok)
+    time_q = _slot_bytes(q_rows + DQK, m_ok, 4)
+    limit_q = _slot_bytes(q_rows + DQK + 4, m_ok, 3)
 
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    kv_end = tl.minimum(seq_len, seq_len - q_len + (local + 1) * BLOCK_M)
+    # Keys every row may see: its prefix (causal, bidirectional, or before
+    # the candidates); then the tile's diagonal, for candidates' own keys.
+    first_pos = seq_len - q_len + local * BLOCK_M
+    last_pos = tl.minimum(first_pos + BLOCK_M, seq_len) - 1
+    row_end = tl.where(limit_q == 0, pos_q + 1, limit_q)
+    prefix_end = tl.minimum(tl.max(tl.where(m_ok, row_end, 0), axis=0), seq_len)
     table = BLOCK_TABLE + req.to(tl.int64) * stride_bt
-    for start in range(0, kv_end, BLOCK_N):
-        n = start + tl.arange(0, BLOCK_N)
-        n_ok = n < kv_end
-        page = tl.load(table + n // PAGE, mask=n_ok, other=0).to(tl.int64)
-        rows = KV + page * stride_kvb + head * stride_kvh + (n % PAGE) * stride_kvn
-        k = tl.load(
-            rows[:, None] + d_qk[None, :],
-            mask=n_ok[:, None] & (d_qk[None, :] < DQK),
-            other=0.0,
-        )
-        v = tl.load(
-            rows[:, None] + HS + d_v[None, :],
-            mask=n_ok[:, None] & (d_v[None, :] < DV),
-            other=0.0,
-        )
-        time_k = _slot_times(rows + DQK, n_ok)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-        s += _relative_bias(
-            pos_q, n, time_q, time_k, POS_W, TS_W, max_len, divisor, NUM_BUCKETS
-        )
-        s = s * tl.sigmoid(s) * inv_normalizer
-        ok = _visible(pos_q, n, cand_start, HAS_CANDIDATES)
-        s = tl.where(ok & m_ok[:, None] & n_ok[None, :], s, 0.0)
-        acc += tl.dot(s.to(v.dtype), v, input_precision=PRECISION)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    acc = _attend_range(
+        acc, q, pos_q, limit_q, time_q, m_ok, 0, prefix_end, table, KV, POS_W,
+        TS_W, stride_kvb, stride_kvh, stride_kvn, head, max_len, divisor,
+        inv_normalizer, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE, NUM_BUCKETS,
+        PRECISION, BLOCK_N,
+    )  # fmt: skip
+    acc = _attend_range(
+        acc, q, pos_q, limit_q, time_q, m_ok, tl.maximum(prefix_end, first_pos),
+        last_pos + 1, table, KV, POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn,
+        head, max_len, divisor, inv_normalizer, DQK, DV, BLOCK_DQK, BLOCK_DV, HS,
+        PAGE, NUM_BUCKETS, PRECISION, BLOCK_N,
+    )  # fmt: skip
 
+    d_v = tl.arange(0, BLOCK_DV)
     out = OUT + token[:, None] * stride_ot + head * stride_oh + d_v[None, :]
     tl.store(
         out, acc.to(OUT.dtype.element_ty), mask=m_ok[:, None] & (d_v[None, :] < DV)
@@ -158,11 +186,11 @@ def _prefill_kernel(
 
 @triton.jit
 def _decode_kernel(
-    Q, KV, PARTIAL, BLOCK_TABLE, SEQ_LENS, POS_W, TS_W, CAND_START,
+    Q, KV, PARTIAL, BLOCK_TABLE, SEQ_LENS, POS_W, TS_W,
     stride_qt, stride_qh, stride_kvb, stride_kvh, stride_kvn,
     stride_ps, stride_pt, stride_ph, stride_bt,
     max_len, divisor, inv_normalizer,
-    HAS_CANDIDATES: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+    DQK: tl.constexpr, DV: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, HS: tl.constexpr,
     PAGE: tl.constexpr, NUM_BUCKETS: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
@@ -171,10 +199,6 @@ def _decode_kernel(
     split = tl.program_id(2)
     num_splits = tl.num_programs(2)
     seq_len = tl.load(SEQ_LENS + req)
-    pos_q = seq_len - 1
-    cand_start = seq_len
-    if HAS_CANDIDATES:
-        cand_start = tl.load(CAND_START + req)
     blocks = tl.cdiv(seq_len, BLOCK_N)
     per_split = tl.cdiv(blocks, num_splits) * BLOCK_N
     begin = split * per_split
@@ -184,8 +208,10 @@ def _decode_kernel(
     d_v = tl.arange(0, BLOCK_DV)
     q_row = Q + req.to(tl.int64) * stride_qt + head * stride_qh
     q = tl.load(q_row + d_qk, mask=d_qk < DQK, other=0.0).to(tl.float32)
-    time_q = _slot_times(q_row + DQK + tl.zeros([1], dtype=tl.int32), True)
-    pos_q_row = pos_q + tl.zeros([1], dtype=tl.int32)
+    one = tl.zeros([1], dtype=tl.int32)
+    time_q = _slot_bytes(q_row + DQK + one, True, 4)
+    limit_q = _slot_bytes(q_row + DQK + 4 + one, True, 3)
+    pos_q = seq_len - 1 + one
     table = BLOCK_TABLE + req.to(tl.int64) * stride_bt
     acc = tl.zeros([BLOCK_DV], dtype=tl.float32)
     for start in range(begin, end, BLOCK_N):
@@ -203,14 +229,15 @@ def _decode_kernel(
             mask=n_ok[:, None] & (d_v[None, :] < DV),
             other=0.0,
         )
-        time_k = _slot_times(rows + DQK, n_ok)
+        time_k = _slot_bytes(rows + DQK, n_ok, 4)
         s = tl.sum(q[None, :] * k.to(tl.float32), axis=1)[None, :]
-        s += _relative_bias(
-            pos_q_row, n, time_q, time_k, POS_W, TS_W, max_len, divisor, NUM_BUCKETS
-        )
+        visible, rab = _masked_rab(
+            pos_q, n, limit_q, time_q, time_k, POS_W, TS_W, max_len, divisor,
+            NUM_BUCKETS,
+        )  # fmt: skip
+        s += rab
         s = s * tl.sigmoid(s) * inv_normalizer
-        ok = _visible(pos_q_row, n, cand_start, HAS_CANDIDATES)
-        s = tl.where(ok & n_ok[None, :], s, 0.0)
+        s = tl.where(visible & n_ok[None, :], s, 0.0)
         acc += tl.sum(tl.trans(s) * v.to(tl.float32), axis=0)
     out = PARTIAL + split * stride_ps + req.to(tl.int64) * stride_pt + head * stride_ph
     tl.store(out + d_v, acc, mask=d_v < DV)
@@ -273,7 +300,6 @@ def hstu_attention_triton(
     ts_w: torch.Tensor,
     params: HSTUAttentionParams,
     output: torch.Tensor,
-    candidate_starts: torch.Tensor | None = None,
     max_query_len: int | None = None,
     num_splits: int | None = None,
 ) -> None:
@@ -286,10 +312,7 @@ def hstu_attention_triton(
     page = kv_cache.shape[2]
     hs = kv_cache.shape[-1] // 2
     dqk, dv = params.attention_dim, params.value_dim
-    has_candidates = candidate_starts is not None
-    cand = candidate_starts if has_candidates else seq_lens
     common = dict(
-        HAS_CANDIDATES=has_candidates,
         DQK=dqk,
         DV=dv,
         BLOCK_DQK=_block(dqk),
@@ -308,7 +331,7 @@ def hstu_attention_triton(
             (splits, num_tokens, heads, dv), dtype=torch.float32, device=query.device
         )
         _decode_kernel[(num_tokens, heads, splits)](
-            query, kv_cache, partial, block_table, seq_lens, pos_w, ts_w, cand,
+            query, kv_cache, partial, block_table, seq_lens, pos_w, ts_w,
             query.stride(0), query.stride(1), *kv_strides,
             partial.stride(0), partial.stride(1), partial.stride(2),
             block_table.stride(0), *scalars, BLOCK_N=64, **common,
@@ -320,7 +343,7 @@ def hstu_attention_triton(
     grid = (num_tokens // block_m + num_reqs, heads)
     _prefill_kernel[grid](
         query, kv_cache, output, block_table, query_start_loc, seq_lens, pos_w, ts_w,
-        cand, query.stride(0), query.stride(1), *kv_strides,
+        query.stride(0), query.stride(1), *kv_strides,
         output.stride(0), output.stride(1), block_table.stride(0),
         num_reqs, *scalars, BLOCK_M=block_m, BLOCK_N=block_n, **common,
         # fp32 models get exact fp32 dots, not TF32 (bf16/fp16 ignore this).

@@ -3,7 +3,8 @@
 A case scatters each request's keys into shuffled cache blocks, so a kernel
 must follow the block table, and gives some requests a cached prefix (query
 shorter than the sequence), which is how prefix-cache hits and chunked
-prefill reach the kernel.
+prefill reach the kernel. Built on `device`, so real shapes fit on a GPU; the
+expected output is computed densely in float32.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from vllm_mtgr.kernels import HSTUAttentionParams
-from vllm_mtgr.kernels.reference import relative_bias
+from vllm_mtgr.kernels.reference import time_buckets
 
-from vllm_mtgr.events import TIME_SLOTS, time_slots
+from vllm_mtgr.events import KEY_LIMIT_SLOTS, TIME_SLOTS, byte_slots, time_slots
+
+QUERY_CHUNK = 1024  # dense reference rows per step, to bound memory
 
 
 @dataclass
@@ -28,8 +31,54 @@ class AttentionCase:
     pos_w: torch.Tensor
     ts_w: torch.Tensor
     params: HSTUAttentionParams
-    expected: torch.Tensor  # [T, H, dv]
-    candidate_starts: torch.Tensor | None = None
+    expected: torch.Tensor | None  # [T, H, dv]
+
+
+def key_limits_for(
+    seq_len: int, context_end: int | None, candidate_start: int | None
+) -> torch.Tensor:
+    """MTGR-style key limits: a bidirectional context, causal events, candidates.
+
+    Positions < context_end see the whole context; positions >=
+    candidate_start are candidates; the rest are causal (limit 0).
+    """
+    limits = torch.zeros(seq_len, dtype=torch.long)
+    if context_end is not None:
+        limits[:context_end] = context_end
+    if candidate_start is not None:
+        limits[candidate_start:] = candidate_start
+    return limits
+
+
+def _dense(q, keys, values, key_times, query_times, pos_q, limits, pos_w, ts_w,
+           params):  # fmt: skip
+    """Dense HSTU attention straight from the mask rules (no shared helpers)."""
+    dqk, n = params.attention_dim, params.max_len
+    pos_k = torch.arange(keys.shape[0], device=keys.device)
+    out = []
+    for lo in range(0, q.shape[0], QUERY_CHUNK):
+        rows = slice(lo, lo + QUERY_CHUNK)
+        i, j, limit = pos_q[rows, None], pos_k[None, :], limits[rows, None]
+        causal = limit == 0
+        bidirectional = limit > i
+        candidate = ~causal & ~bidirectional
+        visible = (
+            (causal & (j <= i))
+            | (bidirectional & (j < limit))
+            | (candidate & ((j < limit) | (j == i)))
+        )
+        query_position = torch.where(candidate, limit, i)
+        distance = torch.where(j == i, 0, j - query_position)
+        buckets = time_buckets(
+            query_times[rows, None] - key_times[None, :],
+            128,
+            params.time_bucket_divisor,
+        )
+        rab = pos_w[(distance + n - 1).clamp(0, 2 * n - 2)] + ts_w[buckets]
+        scores = torch.einsum("ihd,jhd->hij", q[rows, :, :dqk], keys) + rab
+        attn = F.silu(scores) / params.normalizer * visible
+        out.append(torch.einsum("hij,jhd->ihd", attn, values))
+    return torch.cat(out)
 
 
 def make_case(
@@ -41,79 +90,92 @@ def make_case(
     block_size: int = 16,
     max_len: int = 128,
     dtype: torch.dtype = torch.float32,
-    candidate_starts: list[int] | None = None,
+    context_ends: list[int | None] | None = None,
+    candidate_starts: list[int | None] | None = None,
     generator: torch.Generator | None = None,
     device: str = "cpu",
+    with_expected: bool = True,
 ) -> AttentionCase:
     g = generator or torch.Generator().manual_seed(0)
+    max_len = max(max_len, max(seq_lens))
     params = HSTUAttentionParams(dqk, dv, max_len, float(max_len), 0.301)
     hs = params.cache_head_size
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g).to(device)
+
     blocks_per_seq = [-(-n // block_size) for n in seq_lens]
     num_blocks = sum(blocks_per_seq) + 3
-    order = torch.randperm(num_blocks, generator=g)
-    kv_cache = torch.randn(num_blocks, heads, block_size, 2 * hs, generator=g)
-    block_table = torch.zeros(len(seq_lens), max(blocks_per_seq), dtype=torch.int32)
-    pos_w = torch.randn(2 * max_len - 1, generator=g)
-    ts_w = torch.randn(129, generator=g)
+    order = torch.randperm(num_blocks, generator=g).to(device)
+    kv_cache = randn(num_blocks, heads, block_size, 2 * hs).to(dtype)
+    block_table = torch.zeros(
+        len(seq_lens), max(blocks_per_seq), dtype=torch.int32, device=device
+    )
+    pos_w = randn(2 * max_len - 1)
+    ts_w = randn(129)
     queries, expected, starts, used = [], [], [0], 0
     for r, (seq_len, q_len) in enumerate(zip(seq_lens, query_lens, strict=True)):
         blocks = order[used : used + blocks_per_seq[r]]
         used += blocks_per_seq[r]
         block_table[r, : len(blocks)] = blocks.to(torch.int32)
-        keys = torch.randn(seq_len, heads, dqk, generator=g)
-        values = torch.randn(seq_len, heads, dv, generator=g)
-        key_times = (
-            torch.randint(0, 2**31 - 1, (1,), generator=g)
-            + torch.randint(0, 10**6, (seq_len,), generator=g).sort().values
-        )
-        key_times = key_times.clamp(max=2**31 - 1)
+        keys, values = randn(seq_len, heads, dqk), randn(seq_len, heads, dv)
+        gaps = torch.randint(0, 10**6, (seq_len,), generator=g)
+        base = torch.randint(0, 2**30, (1,), generator=g)
+        key_times = (base + gaps.sort().values).to(device)
         query_times = torch.cat([key_times[1:], key_times[-1:] + 50])
-        slots = torch.zeros(seq_len, heads, 2 * hs)
+        slots = torch.zeros(seq_len, heads, 2 * hs, device=device)
         slots[..., :dqk] = keys
         slots[..., dqk : dqk + TIME_SLOTS] = time_slots(key_times, torch.float32)[
-            :, None, :
+            :, None
         ]
         slots[..., hs : hs + dv] = values
-        for pos in range(seq_len):
-            block, offset = divmod(pos, block_size)
-            kv_cache[blocks[block], :, offset] = slots[pos]
-        q = torch.randn(q_len, heads, hs, generator=g)
+        positions = torch.arange(seq_len, device=device)
+        kv_cache[blocks[positions // block_size], :, positions % block_size] = slots.to(
+            dtype
+        )
+        limits = key_limits_for(
+            seq_len,
+            context_ends[r] if context_ends else None,
+            candidate_starts[r] if candidate_starts else None,
+        ).to(device)[seq_len - q_len :]
+        q = randn(q_len, heads, hs)
         q[..., dqk : dqk + TIME_SLOTS] = time_slots(
             query_times[seq_len - q_len :], torch.float32
         )[:, None, :]
+        q[..., dqk + TIME_SLOTS : dqk + TIME_SLOTS + KEY_LIMIT_SLOTS] = byte_slots(
+            limits, torch.float32, KEY_LIMIT_SLOTS
+        )[:, None, :]
+        q = q.to(dtype)
         queries.append(q)
-        pos_k = torch.arange(seq_len)
-        pos_q = pos_k[seq_len - q_len :]
-        rab = relative_bias(
-            pos_q, pos_k, query_times[pos_q], key_times, pos_w, ts_w, max_len, 0.301
-        )
-        scores = torch.einsum("ihd,jhd->hij", q[..., :dqk], keys) + rab
-        visible = pos_k[None] <= pos_q[:, None]
-        if candidate_starts is not None and candidate_starts[r] < seq_len:
-            c = candidate_starts[r]
-            visible &= (
-                (pos_q[:, None] < c)
-                | (pos_k[None] < c)
-                | (pos_k[None] == pos_q[:, None])
+        if with_expected:
+            cached = kv_cache[
+                blocks[positions // block_size], :, positions % block_size
+            ]
+            expected.append(
+                _dense(
+                    q.float(),
+                    cached[..., :dqk].float(),
+                    cached[..., hs : hs + dv].float(),
+                    key_times,
+                    query_times[seq_len - q_len :],
+                    positions[seq_len - q_len :],
+                    limits,
+                    pos_w,
+                    ts_w,
+                    params,
+                )
             )
-        attn = F.silu(scores) / max_len * visible
-        expected.append(torch.einsum("hij,jhd->ihd", attn, values))
         starts.append(starts[-1] + q_len)
     return AttentionCase(
-        query=torch.cat(queries).to(device, dtype),
-        kv_cache=kv_cache.to(device, dtype),
-        block_table=block_table.to(device),
+        query=torch.cat(queries),
+        kv_cache=kv_cache,
+        block_table=block_table,
         query_start_loc=torch.tensor(starts, dtype=torch.int32, device=device),
         seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
-        pos_w=pos_w.to(device),
-        ts_w=ts_w.to(device),
+        pos_w=pos_w,
+        ts_w=ts_w,
         params=params,
-        expected=torch.cat(expected).to(device),
-        candidate_starts=(
-            torch.tensor(candidate_starts, dtype=torch.int32, device=device)
-            if candidate_starts is not None
-            else None
-        ),
+        expected=torch.cat(expected) if with_expected else None,
     )
 
 

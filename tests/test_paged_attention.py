@@ -15,6 +15,12 @@ CASES = {
     "cached_prefix_and_chunks": ([48, 90, 31], [16, 40, 15]),
     "block_boundaries": ([16, 32, 15, 17], [16, 1, 15, 2]),
 }
+# MTGR masks: (seq, query, bidirectional context end, candidate start)
+MTGR_CASES = {
+    "context_events_candidates": ([60, 45], [60, 45], [20, 10], [50, 30]),
+    "candidates_after_cached_history": ([70], [25], [30], [45]),
+    "context_only": ([33], [33], [33], [None]),
+}
 
 
 def _run(case) -> torch.Tensor:
@@ -32,7 +38,6 @@ def _run(case) -> torch.Tensor:
         case.ts_w,
         case.params,
         out,
-        case.candidate_starts,
     )
     return out[..., : case.params.value_dim]
 
@@ -49,10 +54,18 @@ def test_matches_dense_reference(name):
     assert relative_error(got, case.expected) < 1e-5, f"seed {seed}"
 
 
-def test_candidates_see_the_history_and_themselves_only():
-    generator = torch.Generator().manual_seed(7)
-    case = make_case([40, 25], [40, 25], candidate_starts=[30, 20], generator=generator)
-    assert relative_error(_run(case), case.expected) < 1e-5
+@pytest.mark.parametrize("name", sorted(MTGR_CASES))
+def test_mtgr_masks(name):
+    seq_lens, query_lens, contexts, candidates = MTGR_CASES[name]
+    seed = random.randrange(2**31)
+    case = make_case(
+        seq_lens,
+        query_lens,
+        context_ends=contexts,
+        candidate_starts=candidates,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    assert relative_error(_run(case), case.expected) < 1e-5, f"seed {seed}"
 
 
 def test_kv_cache_write_follows_the_slot_mapping():

@@ -30,12 +30,13 @@ DTYPES = [torch.bfloat16, torch.float16] if DEVICE == "cuda" else [torch.float32
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-2}
 
 CASES = {
-    # name: (sequence lengths, query lengths, candidate starts)
-    "ragged_prefill": ([37, 5, 70, 1], [37, 5, 70, 1], None),
-    "cached_prefix_and_chunk": ([48, 90], [16, 40], None),
-    "block_boundaries": ([16, 32, 15, 17], [16, 2, 15, 1], None),
-    "mixed_prefill_and_decode": ([33, 12, 64], [1, 12, 1], None),
-    "candidates": ([40, 25], [40, 25], [30, 20]),
+    # name: (sequence lengths, query lengths, context ends, candidate starts)
+    "ragged_prefill": ([37, 5, 70, 1], [37, 5, 70, 1], None, None),
+    "cached_prefix_and_chunk": ([48, 90], [16, 40], None, None),
+    "block_boundaries": ([16, 32, 15, 17], [16, 2, 15, 1], None, None),
+    "mixed_prefill_and_decode": ([33, 12, 64], [1, 12, 1], None, None),
+    "mtgr_masks": ([60, 45, 170], [60, 45, 100], [20, 10, 40], [50, 30, 90]),
+    "candidates_only_after_cache": ([200], [150], [20], [50]),
 }
 
 
@@ -60,7 +61,6 @@ def _run(case, max_query_len, **kwargs):
         case.ts_w,
         case.params,
         out,
-        case.candidate_starts,
         max_query_len,
         **kwargs,
     )
@@ -70,11 +70,12 @@ def _run(case, max_query_len, **kwargs):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_prefill_kernel(name, dtype):
-    seq_lens, query_lens, candidates = CASES[name]
+    seq_lens, query_lens, contexts, candidates = CASES[name]
     seed = _seed()
     case = make_case(
         seq_lens,
         query_lens,
+        context_ends=contexts,
         candidate_starts=candidates,
         dtype=dtype,
         device=DEVICE,
@@ -92,7 +93,7 @@ def test_decode_kernel_with_key_splits(dtype, splits):
     case = make_case(
         [17, 1, 70, 33],
         [1, 1, 1, 1],
-        candidate_starts=[17, 1, 60, 33],
+        candidate_starts=[None, None, 60, None],
         dtype=dtype,
         device=DEVICE,
         generator=torch.Generator().manual_seed(seed),

@@ -44,6 +44,8 @@ POSITION_BITS = 20
 MAX_POSITION = (1 << POSITION_BITS) - 1
 MAX_TIMESTAMP = (1 << 31) - 1
 TIME_SLOTS = 4
+# A query also carries its key limit (see `kernels.paged_torch`) in 3 slots.
+KEY_LIMIT_SLOTS = 3
 _BYTE_SHIFTS = (0, 8, 16, 24)
 
 
@@ -211,13 +213,20 @@ def decode_position_rows(
     return positions, rows[0] >> POSITION_BITS, rows[1] >> POSITION_BITS
 
 
+def byte_slots(
+    values: torch.Tensor, dtype: torch.dtype, count: int = TIME_SLOTS
+) -> torch.Tensor:
+    """`[T]` ints -> `[T, count]` byte values, exact in any float dtype."""
+    shifts = torch.tensor(_BYTE_SHIFTS[:count], device=values.device)
+    return ((values.unsqueeze(-1).long() >> shifts) & 0xFF).to(dtype)
+
+
 def time_slots(times: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`[T]` int times -> `[T, TIME_SLOTS]` byte values, exact in any float dtype."""
-    shifts = torch.tensor(_BYTE_SHIFTS, device=times.device, dtype=times.dtype)
-    return ((times.unsqueeze(-1) >> shifts) & 0xFF).to(dtype)
+    """`[T]` int times -> `[T, TIME_SLOTS]` byte values."""
+    return byte_slots(times, dtype, TIME_SLOTS)
 
 
 def times_from_slots(slots: torch.Tensor) -> torch.Tensor:
-    """Inverse of `time_slots`: `[..., TIME_SLOTS]` floats -> `[...]` int64."""
-    shifts = torch.tensor(_BYTE_SHIFTS, device=slots.device, dtype=torch.int64)
+    """Inverse of `byte_slots`: `[..., count]` floats -> `[...]` int64."""
+    shifts = torch.tensor(_BYTE_SHIFTS[: slots.shape[-1]], device=slots.device)
     return (slots.to(torch.int64) << shifts).sum(-1)

@@ -33,7 +33,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm_mtgr.attention import HSTUAttention
 from vllm_mtgr.config import MTGRConfig
 from vllm_mtgr.events import (
-    TIME_SLOTS,
+    KEY_LIMIT_SLOTS,
     decode_delta,
     decode_position_rows,
     encode_position_rows,
@@ -77,7 +77,7 @@ def _with_slots(
     tokens = x.shape[0]
     parts = [x.view(tokens, heads, -1)]
     if slots is not None:
-        parts.append(slots[:, None, :].expand(tokens, heads, TIME_SLOTS))
+        parts.append(slots[:, None, :].expand(tokens, heads, slots.shape[-1]))
     used = sum(p.shape[-1] for p in parts)
     if used < width:
         parts.append(x.new_zeros(tokens, heads, width - used))
@@ -190,7 +190,8 @@ class MTGRModel(nn.Module):
         token_positions, key_times, query_times = decode_position_rows(positions)
         x = x + self.position_embedding(token_positions)
         key_slots = time_slots(key_times, x.dtype)
-        query_slots = time_slots(query_times, x.dtype)
+        # Retrieval is causal: every query's key limit is 0.
+        query_slots = F.pad(time_slots(query_times, x.dtype), (0, KEY_LIMIT_SLOTS))
         for layer in self.layers:
             x = layer(x, key_slots, query_slots)
         return x
