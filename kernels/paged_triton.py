@@ -351,13 +351,15 @@ def hstu_attention_triton(
     )  # fmt: skip
 
 
+@torch.library.custom_op("vllm_mtgr::gated_layer_norm", mutates_args=())
 def gated_layer_norm(
     attention: torch.Tensor, value_dim: int, gate: torch.Tensor, eps: float
 ) -> torch.Tensor:
     """`gate * LayerNorm(attention[..., :value_dim])` over all heads of a token.
 
     `attention` is `[T, heads, width]` (width >= value_dim, any strides);
-    `gate` and the result are `[T, heads * value_dim]`.
+    `gate` and the result are `[T, heads * value_dim]`. A custom op, so that
+    torch.compile treats the kernel launch as one opaque call.
     """
     tokens, heads = attention.shape[0], attention.shape[1]
     out = torch.empty_like(gate)
@@ -368,3 +370,8 @@ def gated_layer_norm(
             BLOCK=triton.next_power_of_2(heads * value_dim),
         )  # fmt: skip
     return out
+
+
+@gated_layer_norm.register_fake
+def _(attention: torch.Tensor, value_dim: int, gate: torch.Tensor, eps: float):
+    return torch.empty_like(gate)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from vllm.compilation.decorators import support_torch_compile
 from vllm.config import CacheConfig, VllmConfig
 from vllm.distributed import (
     get_tensor_model_parallel_world_size,
@@ -147,6 +148,10 @@ class HSTUBlock(nn.Module):
         return x + out
 
 
+@support_torch_compile(
+    # positions are the [3, tokens] event rows (see vllm_mtgr.events).
+    dynamic_arg_dims={"input_ids": 0, "positions": -1, "inputs_embeds": 0}
+)
 class MTGRModel(nn.Module):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
