@@ -66,10 +66,11 @@ def _out(case) -> torch.Tensor:
     )
 
 
-def _run(case, out, max_query_len):
+def _run(case, out, max_query_len, **tuning):
     hstu_attention_triton(
         case.query, case.kv_cache, case.block_table, case.query_start_loc,
         case.seq_lens, case.pos_w, case.ts_w, case.params, out, max_query_len,
+        **tuning,
     )  # fmt: skip
 
 
@@ -249,6 +250,40 @@ def decode_speed(copy_tbps: float) -> list[dict]:
     return rows
 
 
+PREFILL_CONFIGS = [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 2),
+                   (64, 128, 4, 2), (128, 32, 4, 3), (64, 32, 4, 3)]  # fmt: skip
+DECODE_CONFIGS = [(64, 4, 2), (64, 4, 3), (128, 4, 3), (128, 8, 3), (32, 4, 4),
+                  (64, 8, 4)]  # fmt: skip
+
+
+def sweep() -> list[dict]:
+    """Time every candidate tile configuration (prefill at 4096, decode)."""
+    rows = []
+    case = make_case([4096] * 4, [4096] * 4, heads=HEADS, dqk=HEAD_DIM, dv=HEAD_DIM,
+                     dtype=torch.bfloat16, device="cuda", with_expected=False)  # fmt: skip
+    out = _out(case)
+    flops = 4 * HEADS * HEAD_DIM * 4 * 4096 * 4097 / 2
+    for config in PREFILL_CONFIGS:
+        try:
+            ms = bench(_run, case, out, 4096, prefill_config=config)
+        except Exception as error:  # out of shared memory / registers
+            rows.append(dict(kind="prefill", config=config, ms=float("nan"),
+                             rate=str(error)[:40]))  # fmt: skip
+            continue
+        rows.append(dict(kind="prefill", config=config, ms=ms,
+                         rate=f"{flops / ms / 1e9:.0f} TFLOP/s"))  # fmt: skip
+    case = make_case([4096] * 32, [1] * 32, heads=16, dqk=HEAD_DIM, dv=HEAD_DIM,
+                     dtype=torch.bfloat16, device="cuda", with_expected=False)  # fmt: skip
+    out = _out(case)
+    needed = 32 * 4096 * 16 * (2 * HEAD_DIM + 4) * 2
+    for config in DECODE_CONFIGS:
+        for splits in (None, 4, 8):
+            ms = bench(_run, case, out, 1, decode_config=config, num_splits=splits)
+            rows.append(dict(kind=f"decode splits={splits}", config=config, ms=ms,
+                             rate=f"{needed / ms / 1e9:.2f} TB/s"))  # fmt: skip
+    return rows
+
+
 def _table(rows: list[dict], columns: list[str]) -> str:
     def cell(value):
         return f"{value:.3g}" if isinstance(value, float) else str(value)
@@ -261,7 +296,11 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--sweep", action="store_true", help="tune tile configs only")
     args = parser.parse_args()
+    if args.sweep:
+        print(_table(sweep(), ["kind", "config", "ms", "rate"]))
+        return
     import vllm
 
     device = torch.cuda.get_device_name()

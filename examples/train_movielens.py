@@ -324,17 +324,13 @@ def main() -> None:
             history, report / f"{name}-training.png", f"{args.arch} on {args.dataset}"
         )
     if args.arch == "hstu" and args.out:
-        checkpoint = args.out.with_suffix(".pt")
-        state = {f"module.{k}": v for k, v in model.state_dict().items()}
-        torch.save({"model_state_dict": state}, checkpoint)
-        convert(
-            checkpoint,
-            args.out,
-            ConversionOptions(num_heads=1, temperature=TEMPERATURE),
-        )
-        checkpoint.unlink()
+        with tempfile.TemporaryDirectory() as scratch:
+            checkpoint = Path(scratch) / "hstu.pt"  # Meta's checkpoint format
+            state = {f"module.{k}": v for k, v in model.state_dict().items()}
+            torch.save({"model_state_dict": state}, checkpoint)
+            options = ConversionOptions(num_heads=1, temperature=TEMPERATURE)
+            convert(checkpoint, args.out, options)
         print(f"wrote {args.out}")
-
 
 if __name__ == "__main__":
     main()

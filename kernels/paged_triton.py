@@ -26,41 +26,75 @@ import triton.language as tl
 
 from .paged_torch import HSTUAttentionParams
 
+LN2 = 0.6931471805599453
+
 
 @triton.jit
 def _slot_bytes(ptrs, mask, COUNT: tl.constexpr):
-    """Decode `COUNT` byte-valued slots at `ptrs + 0..COUNT-1` into int32."""
-    value = tl.load(ptrs, mask=mask, other=0).to(tl.int32)
-    for i in tl.static_range(1, COUNT):
-        value |= tl.load(ptrs + i, mask=mask, other=0).to(tl.int32) << (8 * i)
-    return value
+    """Decode `COUNT` byte-valued slots at `ptrs + 0..COUNT-1` into int32.
+
+    One vector load of `[rows, 4]` per call: `ptrs` is `[rows]`.
+    """
+    i = tl.arange(0, 4)
+    raw = tl.load(ptrs[:, None] + i[None, :], mask=mask[:, None] & (i < COUNT)[None, :],
+                  other=0.0)  # fmt: skip
+    return tl.sum(raw.to(tl.int32) << (8 * i)[None, :], axis=1)
 
 
 @triton.jit
-def _masked_rab(
-    pos_q, pos_k, limit_q, time_q, time_k, POS_W, TS_W, max_len, divisor, NUM_BUCKETS
-):
-    """(visible, rab) for queries at `pos_q` with key limits `limit_q`.
+def _fast_log2(x):
+    return tl.inline_asm_elementwise(
+        "lg2.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
+    )
 
-    rab[i, j] = pos_w[N - 1 + distance] + ts_w[bucket(t_q[i] - t_k[j])], with
-    candidates (0 < limit <= position) at logical position `limit`.
-    """
+
+@triton.jit
+def _fast_tanh(x):
+    return tl.inline_asm_elementwise(
+        "tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
+    )
+
+
+@triton.jit
+def _silu_scaled(s, inv_normalizer, FAST: tl.constexpr):
+    """silu(s) / N. Fast: s/2N * (1 + tanh(s/2)), one SFU op per element."""
+    if FAST:
+        half = 0.5 * s
+        return (half * inv_normalizer) * (1.0 + _fast_tanh(half))
+    return s * tl.sigmoid(s) * inv_normalizer
+
+
+@triton.jit
+def _rab(distance, time_q, time_k, POS_W, TS_W, max_len, divisor,
+         NUM_BUCKETS: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
+    """pos_w[N - 1 + distance] + ts_w[floor(ln(max(|t_q - t_k|, 1)) / divisor)]."""
+    rel = tl.minimum(tl.maximum(distance + (max_len - 1), 0), 2 * max_len - 2)
+    bias = tl.load(POS_W + rel).to(tl.float32)
+    seconds = tl.maximum(tl.abs(time_q[:, None] - time_k[None, :]), 1).to(tl.float32)
+    if FAST:
+        bucket = (_fast_log2(seconds) * (LN2 / divisor)).to(tl.int32)
+    else:  # exactly Meta's float32 arithmetic
+        bucket = tl.math.div_rn(tl.log(seconds), divisor).to(tl.int32)
+    bucket = tl.minimum(bucket, NUM_BUCKETS)
+    return bias + tl.load(TS_W + bucket).to(tl.float32)
+
+
+@triton.jit
+def _logical_position(pos_q, limit_q):
+    """Candidates (0 < limit <= position) sit at position `limit`."""
+    return tl.where((limit_q > 0) & (limit_q <= pos_q), limit_q, pos_q)
+
+
+@triton.jit
+def _mask_and_distance(pos_q, logical_q, pos_k, limit_q):
+    """(visible, j - logical i) under key limits; a query's own key is at 0."""
     own = pos_k[None, :] == pos_q[:, None]
     limit = limit_q[:, None]
     visible = own | tl.where(
         limit == 0, pos_k[None, :] <= pos_q[:, None], pos_k[None, :] < limit
     )
-    candidate = (limit_q > 0) & (limit_q <= pos_q)
-    logical_q = tl.where(candidate, limit_q, pos_q)
     distance = tl.where(own, 0, pos_k[None, :] - logical_q[:, None])
-    rel = tl.minimum(tl.maximum(distance + (max_len - 1), 0), 2 * max_len - 2)
-    bias = tl.load(POS_W + rel).to(tl.float32)
-    delta = tl.abs(time_q[:, None] - time_k[None, :])
-    seconds = tl.maximum(delta, 1).to(tl.float32)
-    # Meta: floor(ln(max(|dt|, 1)) / divisor), in float32.
-    bucket = tl.math.div_rn(tl.log(seconds), divisor).to(tl.int32)
-    bucket = tl.minimum(bucket, NUM_BUCKETS)
-    return visible, bias + tl.load(TS_W + bucket).to(tl.float32)
+    return visible, distance
 
 
 @triton.jit
@@ -84,13 +118,19 @@ def _find_request(QUERY_START, q_block, num_reqs, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _attend_range(
-    acc, q, pos_q, limit_q, time_q, row_ok, begin, end, table, KV, POS_W, TS_W,
-    stride_kvb, stride_kvh, stride_kvn, head, max_len, divisor, inv_normalizer,
-    DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr,
+    acc, q, pos_q, logical_q, limit_q, time_q, row_ok, begin, end, table, KV,
+    POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head, max_len, divisor,
+    inv_normalizer, DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr,
     BLOCK_DV: tl.constexpr, HS: tl.constexpr, PAGE: tl.constexpr,
-    NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+    NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr, FAST: tl.constexpr,
+    MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """acc += (silu(q.k + rab) / N, masked) @ v over keys [begin, end)."""
+    """acc += (silu(q.k + rab) / N) @ v over keys [begin, end).
+
+    `MASKED=False` is for keys every row of the tile may see (causal rows'
+    keys before the tile, a context, the history before candidates): no
+    per-element mask, and `end` must not pass the sequence.
+    """
     d_qk = tl.arange(0, BLOCK_DQK)
     d_v = tl.arange(0, BLOCK_DV)
     for start in range(begin, end, BLOCK_N):
@@ -110,14 +150,16 @@ def _attend_range(
         )
         time_k = _slot_bytes(rows + DQK, n_ok, 4)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-        visible, rab = _masked_rab(
-            pos_q, n, limit_q, time_q, time_k, POS_W, TS_W, max_len, divisor,
-            NUM_BUCKETS,
-        )  # fmt: skip
-        s += rab
-        s = s * tl.sigmoid(s) * inv_normalizer
-        s = tl.where(visible & row_ok[:, None] & n_ok[None, :], s, 0.0)
-        acc += tl.dot(s.to(v.dtype), v, input_precision=PRECISION)
+        if MASKED:
+            visible, distance = _mask_and_distance(pos_q, logical_q, n, limit_q)
+        else:  # keys before every row (and before its own key)
+            distance = n[None, :] - logical_q[:, None]
+        s += _rab(distance, time_q, time_k, POS_W, TS_W, max_len, divisor,
+                  NUM_BUCKETS, FAST)  # fmt: skip
+        p = _silu_scaled(s, inv_normalizer, FAST)
+        if MASKED:
+            p = tl.where(visible & row_ok[:, None] & n_ok[None, :], p, 0.0)
+        acc += tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     return acc
 
 
@@ -130,7 +172,7 @@ def _prefill_kernel(
     DQK: tl.constexpr, DV: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, HS: tl.constexpr,
     PAGE: tl.constexpr, NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    FAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     q_block = tl.program_id(0)
     head = tl.program_id(1)
@@ -155,26 +197,37 @@ def _prefill_kernel(
     )
     time_q = _slot_bytes(q_rows + DQK, m_ok, 4)
     limit_q = _slot_bytes(q_rows + DQK + 4, m_ok, 3)
+    logical_q = _logical_position(pos_q, limit_q)
 
-    # Keys every row may see: its prefix (causal, bidirectional, or before
-    # the candidates); then the tile's diagonal, for candidates' own keys.
+    # Key ranges: [0, full) every row sees; [full, prefix) each row's own
+    # prefix (causal, bidirectional, or before the candidates); then the
+    # tile's diagonal, for candidates' own keys.
     first_pos = seq_len - q_len + local * BLOCK_M
     last_pos = tl.minimum(first_pos + BLOCK_M, seq_len) - 1
     row_end = tl.where(limit_q == 0, pos_q + 1, limit_q)
     prefix_end = tl.minimum(tl.max(tl.where(m_ok, row_end, 0), axis=0), seq_len)
+    full = tl.min(tl.where(m_ok, row_end, seq_len), axis=0)
+    full = tl.minimum(full, seq_len) // BLOCK_N * BLOCK_N
     table = BLOCK_TABLE + req.to(tl.int64) * stride_bt
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     acc = _attend_range(
-        acc, q, pos_q, limit_q, time_q, m_ok, 0, prefix_end, table, KV, POS_W,
+        acc, q, pos_q, logical_q, limit_q, time_q, m_ok, 0, full, table, KV, POS_W,
         TS_W, stride_kvb, stride_kvh, stride_kvn, head, max_len, divisor,
         inv_normalizer, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE, NUM_BUCKETS,
-        PRECISION, BLOCK_N,
+        PRECISION, FAST, False, BLOCK_N,
     )  # fmt: skip
     acc = _attend_range(
-        acc, q, pos_q, limit_q, time_q, m_ok, tl.maximum(prefix_end, first_pos),
-        last_pos + 1, table, KV, POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn,
-        head, max_len, divisor, inv_normalizer, DQK, DV, BLOCK_DQK, BLOCK_DV, HS,
-        PAGE, NUM_BUCKETS, PRECISION, BLOCK_N,
+        acc, q, pos_q, logical_q, limit_q, time_q, m_ok, full, prefix_end, table,
+        KV, POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head, max_len,
+        divisor, inv_normalizer, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE,
+        NUM_BUCKETS, PRECISION, FAST, True, BLOCK_N,
+    )  # fmt: skip
+    diagonal = tl.maximum(prefix_end, first_pos)
+    acc = _attend_range(
+        acc, q, pos_q, logical_q, limit_q, time_q, m_ok, diagonal, last_pos + 1,
+        table, KV, POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head, max_len,
+        divisor, inv_normalizer, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE,
+        NUM_BUCKETS, PRECISION, FAST, True, BLOCK_N,
     )  # fmt: skip
 
     d_v = tl.arange(0, BLOCK_DV)
@@ -192,8 +245,11 @@ def _decode_kernel(
     max_len, divisor, inv_normalizer,
     DQK: tl.constexpr, DV: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, HS: tl.constexpr,
-    PAGE: tl.constexpr, NUM_BUCKETS: tl.constexpr, BLOCK_N: tl.constexpr,
+    PAGE: tl.constexpr, NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr,
+    FAST: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
+    """One query per request; the query is padded to 16 rows so both products
+    run on tensor cores (the other rows are zeros and never stored)."""
     req = tl.program_id(0)
     head = tl.program_id(1)
     split = tl.program_id(2)
@@ -204,43 +260,31 @@ def _decode_kernel(
     begin = split * per_split
     end = tl.minimum(seq_len, begin + per_split)
 
+    r = tl.arange(0, 16)
+    first = r < 1
     d_qk = tl.arange(0, BLOCK_DQK)
-    d_v = tl.arange(0, BLOCK_DV)
-    q_row = Q + req.to(tl.int64) * stride_qt + head * stride_qh
-    q = tl.load(q_row + d_qk, mask=d_qk < DQK, other=0.0).to(tl.float32)
-    one = tl.zeros([1], dtype=tl.int32)
-    time_q = _slot_bytes(q_row + DQK + one, True, 4)
-    limit_q = _slot_bytes(q_row + DQK + 4 + one, True, 3)
-    pos_q = seq_len - 1 + one
+    q_rows = Q + req.to(tl.int64) * stride_qt + head * stride_qh + r * 0
+    q = tl.load(
+        q_rows[:, None] + d_qk[None, :],
+        mask=first[:, None] & (d_qk[None, :] < DQK),
+        other=0.0,
+    )
+    time_q = _slot_bytes(q_rows + DQK, first, 4)
+    limit_q = _slot_bytes(q_rows + DQK + 4, first, 3)
+    pos_q = seq_len - 1 + r * 0
+    logical_q = _logical_position(pos_q, limit_q)
     table = BLOCK_TABLE + req.to(tl.int64) * stride_bt
-    acc = tl.zeros([BLOCK_DV], dtype=tl.float32)
-    for start in range(begin, end, BLOCK_N):
-        n = start + tl.arange(0, BLOCK_N)
-        n_ok = n < end
-        page = tl.load(table + n // PAGE, mask=n_ok, other=0).to(tl.int64)
-        rows = KV + page * stride_kvb + head * stride_kvh + (n % PAGE) * stride_kvn
-        k = tl.load(
-            rows[:, None] + d_qk[None, :],
-            mask=n_ok[:, None] & (d_qk[None, :] < DQK),
-            other=0.0,
-        )
-        v = tl.load(
-            rows[:, None] + HS + d_v[None, :],
-            mask=n_ok[:, None] & (d_v[None, :] < DV),
-            other=0.0,
-        )
-        time_k = _slot_bytes(rows + DQK, n_ok, 4)
-        s = tl.sum(q[None, :] * k.to(tl.float32), axis=1)[None, :]
-        visible, rab = _masked_rab(
-            pos_q, n, limit_q, time_q, time_k, POS_W, TS_W, max_len, divisor,
-            NUM_BUCKETS,
-        )  # fmt: skip
-        s += rab
-        s = s * tl.sigmoid(s) * inv_normalizer
-        s = tl.where(visible & n_ok[None, :], s, 0.0)
-        acc += tl.sum(tl.trans(s) * v.to(tl.float32), axis=0)
+    acc = tl.zeros([16, BLOCK_DV], dtype=tl.float32)
+    acc = _attend_range(
+        acc, q, pos_q, logical_q, limit_q, time_q, first, begin, end, table, KV, POS_W,
+        TS_W, stride_kvb, stride_kvh, stride_kvn, head, max_len, divisor,
+        inv_normalizer, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE, NUM_BUCKETS,
+        PRECISION, FAST, True, BLOCK_N,
+    )  # fmt: skip
+    d_v = tl.arange(0, BLOCK_DV)
     out = PARTIAL + split * stride_ps + req.to(tl.int64) * stride_pt + head * stride_ph
-    tl.store(out + d_v, acc, mask=d_v < DV)
+    tl.store(out + r[:, None] * 0 + d_v[None, :], acc,
+             mask=first[:, None] & (d_v[None, :] < DV))  # fmt: skip
 
 
 @triton.jit
@@ -280,6 +324,9 @@ def _prefill_blocks(dqk: int, dv: int) -> tuple[int, int, int, int]:
     return 128, 64, 8, 2
 
 
+DECODE_CONFIG = (64, 4, 3)  # BLOCK_N, warps, stages
+
+
 def decode_splits(num_tokens: int, heads: int, num_sms: int) -> int:
     """Key splits per (token, head) so a decode batch fills the GPU twice over.
 
@@ -287,7 +334,7 @@ def decode_splits(num_tokens: int, heads: int, num_sms: int) -> int:
     CUDA graph replays with the same grid whatever the lengths are.
     """
     programs = max(num_tokens * heads, 1)
-    return max(1, min(32, triton.cdiv(2 * num_sms, programs)))
+    return max(1, min(64, triton.cdiv(4 * num_sms, programs)))
 
 
 def hstu_attention_triton(
@@ -302,9 +349,15 @@ def hstu_attention_triton(
     output: torch.Tensor,
     max_query_len: int | None = None,
     num_splits: int | None = None,
+    prefill_config: tuple[int, int, int, int] | None = None,
+    decode_config: tuple[int, int, int] | None = None,
 ) -> None:
-    """Triton HSTU attention; `max_query_len == 1` takes the decode kernel,
-    with `num_splits` key splits (default: `decode_splits`)."""
+    """Triton HSTU attention; `max_query_len == 1` takes the decode kernel.
+
+    `num_splits` (decode key splits), `prefill_config` (BLOCK_M, BLOCK_N,
+    warps, stages) and `decode_config` (BLOCK_N, warps, stages) override the
+    defaults; `benchmarks/kernels.py --sweep` uses them to tune.
+    """
     num_tokens, heads = query.shape[0], query.shape[1]
     num_reqs = seq_lens.shape[0]
     if num_tokens == 0:
@@ -313,6 +366,10 @@ def hstu_attention_triton(
     hs = kv_cache.shape[-1] // 2
     dqk, dv = params.attention_dim, params.value_dim
     common = dict(
+        # Approximate SFU math (lg2/tanh) for 16-bit models; exact for fp32.
+        FAST=query.is_cuda and query.dtype != torch.float32,
+        # fp32 models get exact fp32 dots, not TF32 (bf16/fp16 ignore this).
+        PRECISION="ieee",
         DQK=dqk,
         DV=dv,
         BLOCK_DQK=_block(dqk),
@@ -327,6 +384,7 @@ def hstu_attention_triton(
         splits = num_splits or decode_splits(
             num_tokens, heads, _multiprocessors(query.device)
         )
+        block_n, warps, stages = decode_config or DECODE_CONFIG
         partial = torch.empty(
             (splits, num_tokens, heads, dv), dtype=torch.float32, device=query.device
         )
@@ -334,20 +392,19 @@ def hstu_attention_triton(
             query, kv_cache, partial, block_table, seq_lens, pos_w, ts_w,
             query.stride(0), query.stride(1), *kv_strides,
             partial.stride(0), partial.stride(1), partial.stride(2),
-            block_table.stride(0), *scalars, BLOCK_N=64, **common,
-            num_warps=4,
+            block_table.stride(0), *scalars, BLOCK_N=block_n, **common,
+            num_warps=warps, num_stages=stages,
         )  # fmt: skip
         output[..., :dv] = partial.sum(dim=0)
         return
-    block_m, block_n, warps, stages = _prefill_blocks(dqk, dv)
+    block_m, block_n, warps, stages = prefill_config or _prefill_blocks(dqk, dv)
     grid = (num_tokens // block_m + num_reqs, heads)
     _prefill_kernel[grid](
         query, kv_cache, output, block_table, query_start_loc, seq_lens, pos_w, ts_w,
         query.stride(0), query.stride(1), *kv_strides,
         output.stride(0), output.stride(1), block_table.stride(0),
         num_reqs, *scalars, BLOCK_M=block_m, BLOCK_N=block_n, **common,
-        # fp32 models get exact fp32 dots, not TF32 (bf16/fp16 ignore this).
-        PRECISION="ieee", num_warps=warps, num_stages=stages,
+        num_warps=warps, num_stages=stages,
     )  # fmt: skip
 
 
