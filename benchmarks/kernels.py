@@ -250,8 +250,9 @@ def decode_speed(copy_tbps: float) -> list[dict]:
     return rows
 
 
-PREFILL_CONFIGS = [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 2),
-                   (64, 128, 4, 2), (128, 32, 4, 3), (64, 32, 4, 3)]  # fmt: skip
+PREFILL_CONFIGS = [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2),
+                   (64, 64, 4, 2), (64, 128, 4, 2), (128, 32, 4, 3),
+                   (64, 32, 4, 3)]  # fmt: skip
 DECODE_CONFIGS = [(64, 4, 2), (64, 4, 3), (128, 4, 3), (128, 8, 3), (32, 4, 4),
                   (64, 8, 4)]  # fmt: skip
 
@@ -260,7 +261,8 @@ def sweep() -> list[dict]:
     """Time every candidate tile configuration (prefill at 4096, decode)."""
     rows = []
     case = make_case([4096] * 4, [4096] * 4, heads=HEADS, dqk=HEAD_DIM, dv=HEAD_DIM,
-                     dtype=torch.bfloat16, device="cuda", with_expected=False)  # fmt: skip
+                     dtype=torch.bfloat16, device="cuda",
+                     with_expected=False)  # fmt: skip
     out = _out(case)
     flops = 4 * HEADS * HEAD_DIM * 4 * 4096 * 4097 / 2
     for config in PREFILL_CONFIGS:
@@ -273,7 +275,8 @@ def sweep() -> list[dict]:
         rows.append(dict(kind="prefill", config=config, ms=ms,
                          rate=f"{flops / ms / 1e9:.0f} TFLOP/s"))  # fmt: skip
     case = make_case([4096] * 32, [1] * 32, heads=16, dqk=HEAD_DIM, dv=HEAD_DIM,
-                     dtype=torch.bfloat16, device="cuda", with_expected=False)  # fmt: skip
+                     dtype=torch.bfloat16, device="cuda",
+                     with_expected=False)  # fmt: skip
     out = _out(case)
     needed = 32 * 4096 * 16 * (2 * HEAD_DIM + 4) * 2
     for config in DECODE_CONFIGS:
