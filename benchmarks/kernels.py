@@ -31,7 +31,11 @@ from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from attention_cases import make_case, relative_error  # noqa: E402
-from vllm_mtgr.kernels.paged_triton import hstu_attention_triton  # noqa: E402
+from vllm_mtgr.kernels.paged_triton import (  # noqa: E402
+    _rab,
+    _silu_scaled,
+    hstu_attention_triton,
+)
 
 HEADS = 8
 HEAD_DIM = 128
@@ -121,10 +125,11 @@ def correctness() -> list[dict]:
 
 @triton.jit
 def _jagged_silu_attention(
-    Q, K, V, OUT, CU, POS_W, TS_W, QT, KT, stride_t, stride_h, max_len, divisor,
+    Q, K, V, OUT, CU, POS_W, TS_W, TIMES, stride_t, stride_h, max_len, divisor,
     inv_normalizer, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """Non-paged peer: contiguous K/V per sequence (as Meta's jagged kernel)."""
+    """Non-paged peer: contiguous K/V per sequence (as Meta's jagged kernel),
+    with the same arithmetic as the paged kernel (`_rab`, `_silu_scaled`)."""
     seq = tl.program_id(0)
     block = tl.program_id(1)
     head = tl.program_id(2)
@@ -137,7 +142,8 @@ def _jagged_silu_attention(
     d = tl.arange(0, D)
     rows_q = (start + m).to(tl.int64) * stride_t + head * stride_h
     q = tl.load(Q + rows_q[:, None] + d[None, :], mask=m_ok[:, None], other=0.0)
-    time_q = tl.load(QT + start + m, mask=m_ok, other=0)
+    time_q = tl.load(TIMES + start + m, mask=m_ok, other=0)
+    high_q, low_q = (time_q >> 16).to(tl.float32), (time_q & 0xFFFF).to(tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     for k_start in range(0, (block + 1) * BLOCK_M, BLOCK_N):
         n = k_start + tl.arange(0, BLOCK_N)
@@ -145,19 +151,15 @@ def _jagged_silu_attention(
         rows_k = (start + n).to(tl.int64) * stride_t + head * stride_h
         k = tl.load(K + rows_k[:, None] + d[None, :], mask=n_ok[:, None], other=0.0)
         v = tl.load(V + rows_k[:, None] + d[None, :], mask=n_ok[:, None], other=0.0)
-        time_k = tl.load(KT + start + n, mask=n_ok, other=0)
+        time_k = tl.load(TIMES + start + n, mask=n_ok, other=0)
+        high_k = (time_k >> 16).to(tl.float32)
+        low_k = (time_k & 0xFFFF).to(tl.float32)
         s = tl.dot(q, tl.trans(k))
-        rel = tl.minimum(tl.maximum(n[None, :] - m[:, None] + max_len - 1, 0),
-                         2 * max_len - 2)  # fmt: skip
-        s += tl.load(POS_W + rel).to(tl.float32)
-        seconds = tl.maximum(tl.abs(time_q[:, None] - time_k[None, :]), 1)
-        bucket = tl.minimum(
-            tl.math.div_rn(tl.log(seconds.to(tl.float32)), divisor).to(tl.int32), 128
-        )
-        s += tl.load(TS_W + bucket).to(tl.float32)
-        s = s * tl.sigmoid(s) * inv_normalizer
-        s = tl.where((n[None, :] <= m[:, None]) & n_ok[None, :], s, 0.0)
-        acc += tl.dot(s.to(v.dtype), v)
+        s += _rab(n[None, :] - m[:, None], high_q, low_q, high_k, low_k, POS_W,
+                  TS_W, max_len, divisor, 128, True)  # fmt: skip
+        p = _silu_scaled(s, inv_normalizer, True)
+        p = tl.where((n[None, :] <= m[:, None]) & n_ok[None, :], p, 0.0)
+        acc += tl.dot(p.to(v.dtype), v)
     out = OUT + rows_q[:, None] + d[None, :]
     tl.store(out, acc.to(OUT.dtype.element_ty), mask=m_ok[:, None])
 
@@ -187,11 +189,11 @@ def prefill_speed(matmul_tflops: float) -> list[dict]:
         pos_w = torch.randn(2 * length - 1, device="cuda")
         ts_w = torch.randn(129, device="cuda")
         out = torch.empty_like(q)
-        grid = (batch, triton.cdiv(length, 128), HEADS)
+        grid = (batch, triton.cdiv(length, 64), HEADS)
         ms = bench(
-            _jagged_silu_attention[grid], q, k, v, out, cu, pos_w, ts_w, times, times,
+            _jagged_silu_attention[grid], q, k, v, out, cu, pos_w, ts_w, times,
             q.stride(0), q.stride(1), length, 0.301, 1.0 / length, D=HEAD_DIM,
-            BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2,
+            BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2,
         )  # fmt: skip
         rows.append(dict(kernel="Triton SiLU, non-paged", length=length, batch=batch,
                          ms=ms, tflops=flops / ms / 1e9))  # fmt: skip

@@ -26,7 +26,21 @@ import triton.language as tl
 
 from .paged_torch import HSTUAttentionParams
 
-LN2 = 0.6931471805599453
+LN2 = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def _slot_halves(ptrs, mask):
+    """A time's 4 byte slots as exact float halves (high, low): t = high*2^16+low.
+
+    Times differences then need no int->float conversion per element.
+    """
+    i = tl.arange(0, 4)
+    raw = tl.load(ptrs[:, None] + i[None, :], mask=mask[:, None], other=0.0)
+    weights = tl.where(i % 2 == 0, 1.0, 256.0)
+    low = tl.sum(tl.where(i < 2, raw.to(tl.float32) * weights, 0.0), axis=1)
+    high = tl.sum(tl.where(i >= 2, raw.to(tl.float32) * weights, 0.0), axis=1)
+    return high, low
 
 
 @triton.jit
@@ -65,18 +79,27 @@ def _silu_scaled(s, inv_normalizer, FAST: tl.constexpr):
 
 
 @triton.jit
-def _rab(distance, time_q, time_k, POS_W, TS_W, max_len, divisor,
+def _rab(distance, high_q, low_q, high_k, low_k, POS_W, TS_W, max_len, divisor,
          NUM_BUCKETS: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
-    """pos_w[N - 1 + distance] + ts_w[floor(ln(max(|t_q - t_k|, 1)) / divisor)]."""
+    """pos_w[N - 1 + distance] + ts_w[floor(ln(max(|t_q - t_k|, 1)) / divisor)].
+
+    POS_W and TS_W are float32. |t_q - t_k| is computed from the times' float
+    halves: exact, then rounded once to float32, as Meta's int64 -> float32.
+    """
     rel = tl.minimum(tl.maximum(distance + (max_len - 1), 0), 2 * max_len - 2)
-    bias = tl.load(POS_W + rel).to(tl.float32)
-    seconds = tl.maximum(tl.abs(time_q[:, None] - time_k[None, :]), 1).to(tl.float32)
+    bias = tl.load(POS_W + rel)
+    delta = (high_q[:, None] - high_k[None, :]) * 65536.0 + (
+        low_q[:, None] - low_k[None, :]
+    )
+    seconds = tl.maximum(tl.abs(delta), 1.0)
     if FAST:
-        bucket = (_fast_log2(seconds) * (LN2 / divisor)).to(tl.int32)
+        # floor(x) as round(x - 0.5) by the 1.5 * 2^23 trick: no float->int op.
+        scaled = _fast_log2(seconds) * (LN2 / divisor) - 0.5 + 12582912.0
+        bucket = scaled.to(tl.int32, bitcast=True) - 0x4B400000
     else:  # exactly Meta's float32 arithmetic
         bucket = tl.math.div_rn(tl.log(seconds), divisor).to(tl.int32)
-    bucket = tl.minimum(bucket, NUM_BUCKETS)
-    return bias + tl.load(TS_W + bucket).to(tl.float32)
+    bucket = tl.minimum(tl.maximum(bucket, 0), NUM_BUCKETS)
+    return bias + tl.load(TS_W + bucket)
 
 
 @triton.jit
@@ -118,7 +141,8 @@ def _find_request(QUERY_START, q_block, num_reqs, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _attend_range(
-    acc, q, pos_q, logical_q, limit_q, time_q, row_ok, begin, end, table, KV,
+    acc, q, pos_q, logical_q, limit_q, high_q, low_q, row_ok, begin, end, table,
+    KV,
     POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head, max_len, divisor,
     inv_normalizer, DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr,
     BLOCK_DV: tl.constexpr, HS: tl.constexpr, PAGE: tl.constexpr,
@@ -148,14 +172,14 @@ def _attend_range(
             mask=n_ok[:, None] & (d_v[None, :] < DV),
             other=0.0,
         )
-        time_k = _slot_bytes(rows + DQK, n_ok, 4)
+        high_k, low_k = _slot_halves(rows + DQK, n_ok)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
         if MASKED:
             visible, distance = _mask_and_distance(pos_q, logical_q, n, limit_q)
         else:  # keys before every row (and before its own key)
             distance = n[None, :] - logical_q[:, None]
-        s += _rab(distance, time_q, time_k, POS_W, TS_W, max_len, divisor,
-                  NUM_BUCKETS, FAST)  # fmt: skip
+        s += _rab(distance, high_q, low_q, high_k, low_k, POS_W, TS_W, max_len,
+                  divisor, NUM_BUCKETS, FAST)  # fmt: skip
         p = _silu_scaled(s, inv_normalizer, FAST)
         if MASKED:
             p = tl.where(visible & row_ok[:, None] & n_ok[None, :], p, 0.0)
@@ -195,7 +219,7 @@ def _prefill_kernel(
         mask=m_ok[:, None] & (d_qk[None, :] < DQK),
         other=0.0,
     )
-    time_q = _slot_bytes(q_rows + DQK, m_ok, 4)
+    high_q, low_q = _slot_halves(q_rows + DQK, m_ok)
     limit_q = _slot_bytes(q_rows + DQK + 4, m_ok, 3)
     logical_q = _logical_position(pos_q, limit_q)
 
@@ -211,20 +235,20 @@ def _prefill_kernel(
     table = BLOCK_TABLE + req.to(tl.int64) * stride_bt
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     acc = _attend_range(
-        acc, q, pos_q, logical_q, limit_q, time_q, m_ok, 0, full, table, KV, POS_W,
-        TS_W, stride_kvb, stride_kvh, stride_kvn, head, max_len, divisor,
+        acc, q, pos_q, logical_q, limit_q, high_q, low_q, m_ok, 0, full, table, KV,
+        POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head, max_len, divisor,
         inv_normalizer, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE, NUM_BUCKETS,
         PRECISION, FAST, False, BLOCK_N,
     )  # fmt: skip
     acc = _attend_range(
-        acc, q, pos_q, logical_q, limit_q, time_q, m_ok, full, prefix_end, table,
+        acc, q, pos_q, logical_q, limit_q, high_q, low_q, m_ok, full, prefix_end, table,
         KV, POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head, max_len,
         divisor, inv_normalizer, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE,
         NUM_BUCKETS, PRECISION, FAST, True, BLOCK_N,
     )  # fmt: skip
     diagonal = tl.maximum(prefix_end, first_pos)
     acc = _attend_range(
-        acc, q, pos_q, logical_q, limit_q, time_q, m_ok, diagonal, last_pos + 1,
+        acc, q, pos_q, logical_q, limit_q, high_q, low_q, m_ok, diagonal, last_pos + 1,
         table, KV, POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head, max_len,
         divisor, inv_normalizer, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE,
         NUM_BUCKETS, PRECISION, FAST, True, BLOCK_N,
@@ -269,15 +293,15 @@ def _decode_kernel(
         mask=first[:, None] & (d_qk[None, :] < DQK),
         other=0.0,
     )
-    time_q = _slot_bytes(q_rows + DQK, first, 4)
+    high_q, low_q = _slot_halves(q_rows + DQK, first)
     limit_q = _slot_bytes(q_rows + DQK + 4, first, 3)
     pos_q = seq_len - 1 + r * 0
     logical_q = _logical_position(pos_q, limit_q)
     table = BLOCK_TABLE + req.to(tl.int64) * stride_bt
     acc = tl.zeros([16, BLOCK_DV], dtype=tl.float32)
     acc = _attend_range(
-        acc, q, pos_q, logical_q, limit_q, time_q, first, begin, end, table, KV, POS_W,
-        TS_W, stride_kvb, stride_kvh, stride_kvn, head, max_len, divisor,
+        acc, q, pos_q, logical_q, limit_q, high_q, low_q, first, begin, end, table,
+        KV, POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head, max_len, divisor,
         inv_normalizer, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE, NUM_BUCKETS,
         PRECISION, FAST, True, BLOCK_N,
     )  # fmt: skip
@@ -321,10 +345,10 @@ def _prefill_blocks(dqk: int, dv: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the prefill kernel."""
     if max(dqk, dv) > 128:
         return 64, 32, 4, 2
-    return 128, 64, 8, 2
+    return 64, 64, 4, 2
 
 
-DECODE_CONFIG = (64, 4, 3)  # BLOCK_N, warps, stages
+DECODE_CONFIG = (64, 4, 2)  # BLOCK_N, warps, stages
 
 
 def decode_splits(num_tokens: int, heads: int, num_sms: int) -> int:
@@ -334,7 +358,7 @@ def decode_splits(num_tokens: int, heads: int, num_sms: int) -> int:
     CUDA graph replays with the same grid whatever the lengths are.
     """
     programs = max(num_tokens * heads, 1)
-    return max(1, min(64, triton.cdiv(4 * num_sms, programs)))
+    return max(1, min(64, triton.cdiv(8 * num_sms, programs)))
 
 
 def hstu_attention_triton(
@@ -379,6 +403,8 @@ def hstu_attention_triton(
         NUM_BUCKETS=ts_w.numel() - 1,
     )
     kv_strides = (kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2))
+    # float32 bias tables: no conversion per score element (they are tiny).
+    pos_w, ts_w = pos_w.float(), ts_w.float()
     scalars = (params.max_len, params.time_bucket_divisor, 1.0 / params.normalizer)
     if max_query_len == 1 and num_tokens == num_reqs:
         splits = num_splits or decode_splits(
