@@ -218,6 +218,9 @@ class MTGRForCausalLM(nn.Module, SupportsMultiModal, SupportsMRoPE):
         # 1 / |item embedding|, computed on first use after each weight load.
         self._inverse_item_norms: torch.Tensor | None = None
 
+    def get_language_model(self) -> nn.Module:
+        return self.model
+
     @classmethod
     def get_placeholder_str(cls, modality: str, i: int) -> str | None:
         # The history tokens themselves carry the events; no placeholder text.

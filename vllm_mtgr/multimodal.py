@@ -163,7 +163,10 @@ class EventsMultiModalProcessor(BaseMultiModalProcessor[EventsProcessingInfo]):
         return []
 
     def apply(self, inputs, timing_ctx=None, *_args, **_kwargs):
-        prompt = list(inputs.prompt)
+        prompt = inputs.prompt
+        if isinstance(prompt, str):  # vLLM 0.26 profiles with untokenized text
+            prompt = self.info.get_tokenizer().encode(prompt, add_special_tokens=False)
+        prompt = list(prompt)
         items = inputs.mm_data_items.get(MODALITY)
         config = self.info.get_hf_config()
         check_history(prompt, config)
