@@ -140,51 +140,50 @@ def _find_request(QUERY_START, q_block, num_reqs, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _attend_range(
-    acc, q, pos_q, logical_q, limit_q, high_q, low_q, row_ok, begin, end, table,
-    KV,
-    POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head, max_len, divisor,
-    inv_normalizer, DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr,
-    BLOCK_DV: tl.constexpr, HS: tl.constexpr, PAGE: tl.constexpr,
-    NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr, FAST: tl.constexpr,
-    MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
+def _attend_block(
+    acc, q, pos_q, logical_q, limit_q, high_q, low_q, row_ok, start, end, full,
+    table, KV, POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head, max_len,
+    divisor, inv_normalizer, DQK: tl.constexpr, DV: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, HS: tl.constexpr,
+    PAGE: tl.constexpr, NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr,
+    FAST: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """acc += (silu(q.k + rab) / N) @ v over keys [begin, end).
+    """acc += (silu(q.k + rab) / N) @ v over keys [start, min(start + BLOCK_N, end)).
 
-    `MASKED=False` is for keys every row of the tile may see (causal rows'
-    keys before the tile, a context, the history before candidates): no
-    per-element mask, and `end` must not pass the sequence.
+    Blocks wholly below `full` are visible to every row of the tile (causal
+    rows' keys before the tile, a context, the history before candidates):
+    they skip the per-element mask.
     """
     d_qk = tl.arange(0, BLOCK_DQK)
     d_v = tl.arange(0, BLOCK_DV)
-    for start in range(begin, end, BLOCK_N):
-        n = start + tl.arange(0, BLOCK_N)
-        n_ok = n < end
-        page = tl.load(table + n // PAGE, mask=n_ok, other=0).to(tl.int64)
-        rows = KV + page * stride_kvb + head * stride_kvh + (n % PAGE) * stride_kvn
-        k = tl.load(
-            rows[:, None] + d_qk[None, :],
-            mask=n_ok[:, None] & (d_qk[None, :] < DQK),
-            other=0.0,
-        )
-        v = tl.load(
-            rows[:, None] + HS + d_v[None, :],
-            mask=n_ok[:, None] & (d_v[None, :] < DV),
-            other=0.0,
-        )
-        high_k, low_k = _slot_halves(rows + DQK, n_ok)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-        if MASKED:
-            visible, distance = _mask_and_distance(pos_q, logical_q, n, limit_q)
-        else:  # keys before every row (and before its own key)
-            distance = n[None, :] - logical_q[:, None]
+    n = start + tl.arange(0, BLOCK_N)
+    n_ok = n < end
+    page = tl.load(table + n // PAGE, mask=n_ok, other=0).to(tl.int64)
+    rows = KV + page * stride_kvb + head * stride_kvh + (n % PAGE) * stride_kvn
+    k = tl.load(
+        rows[:, None] + d_qk[None, :],
+        mask=n_ok[:, None] & (d_qk[None, :] < DQK),
+        other=0.0,
+    )
+    v = tl.load(
+        rows[:, None] + HS + d_v[None, :],
+        mask=n_ok[:, None] & (d_v[None, :] < DV),
+        other=0.0,
+    )
+    high_k, low_k = _slot_halves(rows + DQK, n_ok)
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    if start + BLOCK_N <= full:
+        distance = n[None, :] - logical_q[:, None]
         s += _rab(distance, high_q, low_q, high_k, low_k, POS_W, TS_W, max_len,
                   divisor, NUM_BUCKETS, FAST)  # fmt: skip
         p = _silu_scaled(s, inv_normalizer, FAST)
-        if MASKED:
-            p = tl.where(visible & row_ok[:, None] & n_ok[None, :], p, 0.0)
-        acc += tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-    return acc
+    else:
+        visible, distance = _mask_and_distance(pos_q, logical_q, n, limit_q)
+        s += _rab(distance, high_q, low_q, high_k, low_k, POS_W, TS_W, max_len,
+                  divisor, NUM_BUCKETS, FAST)  # fmt: skip
+        p = _silu_scaled(s, inv_normalizer, FAST)
+        p = tl.where(visible & row_ok[:, None] & n_ok[None, :], p, 0.0)
+    return acc + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
 
 
 @triton.jit
@@ -223,36 +222,31 @@ def _prefill_kernel(
     limit_q = _slot_bytes(q_rows + DQK + 4, m_ok, 3)
     logical_q = _logical_position(pos_q, limit_q)
 
-    # Key ranges: [0, full) every row sees; [full, prefix) each row's own
-    # prefix (causal, bidirectional, or before the candidates); then the
-    # tile's diagonal, for candidates' own keys.
+    # Keys: each row's prefix (causal, bidirectional, or before the
+    # candidates) up to `prefix_end`, then the tile's diagonal from
+    # `diagonal`, for candidates' own keys; one loop over both ranges.
     first_pos = seq_len - q_len + local * BLOCK_M
     last_pos = tl.minimum(first_pos + BLOCK_M, seq_len) - 1
     row_end = tl.where(limit_q == 0, pos_q + 1, limit_q)
     prefix_end = tl.minimum(tl.max(tl.where(m_ok, row_end, 0), axis=0), seq_len)
     full = tl.min(tl.where(m_ok, row_end, seq_len), axis=0)
-    full = tl.minimum(full, seq_len) // BLOCK_N * BLOCK_N
+    diagonal = tl.maximum(prefix_end, first_pos)
+    prefix_blocks = tl.cdiv(prefix_end, BLOCK_N)
+    blocks = prefix_blocks + tl.cdiv(tl.maximum(last_pos + 1 - diagonal, 0), BLOCK_N)
     table = BLOCK_TABLE + req.to(tl.int64) * stride_bt
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    acc = _attend_range(
-        acc, q, pos_q, logical_q, limit_q, high_q, low_q, m_ok, 0, full, table, KV,
-        POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head, max_len, divisor,
-        inv_normalizer, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE, NUM_BUCKETS,
-        PRECISION, FAST, False, BLOCK_N,
-    )  # fmt: skip
-    acc = _attend_range(
-        acc, q, pos_q, logical_q, limit_q, high_q, low_q, m_ok, full, prefix_end, table,
-        KV, POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head, max_len,
-        divisor, inv_normalizer, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE,
-        NUM_BUCKETS, PRECISION, FAST, True, BLOCK_N,
-    )  # fmt: skip
-    diagonal = tl.maximum(prefix_end, first_pos)
-    acc = _attend_range(
-        acc, q, pos_q, logical_q, limit_q, high_q, low_q, m_ok, diagonal, last_pos + 1,
-        table, KV, POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head, max_len,
-        divisor, inv_normalizer, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE,
-        NUM_BUCKETS, PRECISION, FAST, True, BLOCK_N,
-    )  # fmt: skip
+    for block in range(0, blocks):
+        in_prefix = block < prefix_blocks
+        start = tl.where(
+            in_prefix, block * BLOCK_N, diagonal + (block - prefix_blocks) * BLOCK_N
+        )
+        end = tl.where(in_prefix, prefix_end, last_pos + 1)
+        acc = _attend_block(
+            acc, q, pos_q, logical_q, limit_q, high_q, low_q, m_ok, start, end, full,
+            table, KV, POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head,
+            max_len, divisor, inv_normalizer, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE,
+            NUM_BUCKETS, PRECISION, FAST, BLOCK_N,
+        )  # fmt: skip
 
     d_v = tl.arange(0, BLOCK_DV)
     out = OUT + token[:, None] * stride_ot + head * stride_oh + d_v[None, :]
@@ -299,12 +293,13 @@ def _decode_kernel(
     logical_q = _logical_position(pos_q, limit_q)
     table = BLOCK_TABLE + req.to(tl.int64) * stride_bt
     acc = tl.zeros([16, BLOCK_DV], dtype=tl.float32)
-    acc = _attend_range(
-        acc, q, pos_q, logical_q, limit_q, high_q, low_q, first, begin, end, table,
-        KV, POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head, max_len, divisor,
-        inv_normalizer, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE, NUM_BUCKETS,
-        PRECISION, FAST, True, BLOCK_N,
-    )  # fmt: skip
+    for start in range(begin, end, BLOCK_N):
+        acc = _attend_block(
+            acc, q, pos_q, logical_q, limit_q, high_q, low_q, first, start, end, 0,
+            table, KV, POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head,
+            max_len, divisor, inv_normalizer, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE,
+            NUM_BUCKETS, PRECISION, FAST, BLOCK_N,
+        )  # fmt: skip
     d_v = tl.arange(0, BLOCK_DV)
     out = PARTIAL + split * stride_ps + req.to(tl.int64) * stride_pt + head * stride_ph
     tl.store(out + r[:, None] * 0 + d_v[None, :], acc,
@@ -345,7 +340,7 @@ def _prefill_blocks(dqk: int, dv: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the prefill kernel."""
     if max(dqk, dv) > 128:
         return 64, 32, 4, 2
-    return 64, 64, 4, 2
+    return 64, 64, 8, 2
 
 
 DECODE_CONFIG = (64, 4, 2)  # BLOCK_N, warps, stages

@@ -1,0 +1,454 @@
+"""HSTU attention over vLLM's paged KV cache, in Triton (the GPU path).
+
+Same contract as `paged_torch` (layout, positions, key-limit masks). Kernels:
+
+* `_prefill_kernel`: any batch (prefill chunks, decode tokens, both). A
+  program owns `BLOCK_M` query rows of one request and one head, walks that
+  request's keys page by page through the block table and accumulates
+  `silu(q.k + rab) / N @ v` with tensor-core dots. HSTU has no softmax, so
+  there is no running max or rescaling. Programs find their request by a
+  binary search over `query_start_loc` on the device (as vLLM's unified
+  attention does): no host work per batch, so the launch is graph-safe. Keys
+  are visited in two ranges: the prefix every row may see, then the tile's
+  own diagonal (candidates see themselves but no other candidate).
+* `_decode_kernel`: one query token per request. Memory-bound; the keys of a
+  request are split across `num_splits` programs whose partial outputs are
+  simply summed (again: no softmax to renormalise).
+* `_gated_layer_norm_kernel`: `u * LayerNorm(attention)`, reading the
+  attention output straight from the `[T, heads, cache_head_size]` buffer.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from vllm_mtgr.kernels.paged_torch import HSTUAttentionParams
+
+LN2 = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def _slot_halves(ptrs, mask):
+    """A time's 4 byte slots as exact float halves (high, low): t = high*2^16+low.
+
+    Times differences then need no int->float conversion per element.
+    """
+    i = tl.arange(0, 4)
+    raw = tl.load(ptrs[:, None] + i[None, :], mask=mask[:, None], other=0.0)
+    weights = tl.where(i % 2 == 0, 1.0, 256.0)
+    low = tl.sum(tl.where(i < 2, raw.to(tl.float32) * weights, 0.0), axis=1)
+    high = tl.sum(tl.where(i >= 2, raw.to(tl.float32) * weights, 0.0), axis=1)
+    return high, low
+
+
+@triton.jit
+def _slot_bytes(ptrs, mask, COUNT: tl.constexpr):
+    """Decode `COUNT` byte-valued slots at `ptrs + 0..COUNT-1` into int32.
+
+    One vector load of `[rows, 4]` per call: `ptrs` is `[rows]`.
+    """
+    i = tl.arange(0, 4)
+    raw = tl.load(ptrs[:, None] + i[None, :], mask=mask[:, None] & (i < COUNT)[None, :],
+                  other=0.0)  # fmt: skip
+    return tl.sum(raw.to(tl.int32) << (8 * i)[None, :], axis=1)
+
+
+@triton.jit
+def _fast_log2(x):
+    return tl.inline_asm_elementwise(
+        "lg2.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
+    )
+
+
+@triton.jit
+def _fast_tanh(x):
+    return tl.inline_asm_elementwise(
+        "tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
+    )
+
+
+@triton.jit
+def _silu_scaled(s, inv_normalizer, FAST: tl.constexpr):
+    """silu(s) / N. Fast: s/2N * (1 + tanh(s/2)), one SFU op per element."""
+    if FAST:
+        half = 0.5 * s
+        return (half * inv_normalizer) * (1.0 + _fast_tanh(half))
+    return s * tl.sigmoid(s) * inv_normalizer
+
+
+@triton.jit
+def _rab(distance, high_q, low_q, high_k, low_k, POS_W, TS_W, max_len, divisor,
+         NUM_BUCKETS: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
+    """pos_w[N - 1 + distance] + ts_w[floor(ln(max(|t_q - t_k|, 1)) / divisor)].
+
+    POS_W and TS_W are float32. |t_q - t_k| is computed from the times' float
+    halves: exact, then rounded once to float32, as Meta's int64 -> float32.
+    """
+    rel = tl.minimum(tl.maximum(distance + (max_len - 1), 0), 2 * max_len - 2)
+    bias = tl.load(POS_W + rel)
+    delta = (high_q[:, None] - high_k[None, :]) * 65536.0 + (
+        low_q[:, None] - low_k[None, :]
+    )
+    seconds = tl.maximum(tl.abs(delta), 1.0)
+    if FAST:
+        # floor(x) as round(x - 0.5) by the 1.5 * 2^23 trick: no float->int op.
+        scaled = _fast_log2(seconds) * (LN2 / divisor) - 0.5 + 12582912.0
+        bucket = scaled.to(tl.int32, bitcast=True) - 0x4B400000
+    else:  # exactly Meta's float32 arithmetic
+        bucket = tl.math.div_rn(tl.log(seconds), divisor).to(tl.int32)
+    bucket = tl.minimum(tl.maximum(bucket, 0), NUM_BUCKETS)
+    return bias + tl.load(TS_W + bucket)
+
+
+@triton.jit
+def _logical_position(pos_q, limit_q):
+    """Candidates (0 < limit <= position) sit at position `limit`."""
+    return tl.where((limit_q > 0) & (limit_q <= pos_q), limit_q, pos_q)
+
+
+@triton.jit
+def _mask_and_distance(pos_q, logical_q, pos_k, limit_q):
+    """(visible, j - logical i) under key limits; a query's own key is at 0."""
+    own = pos_k[None, :] == pos_q[:, None]
+    limit = limit_q[:, None]
+    visible = own | tl.where(
+        limit == 0, pos_k[None, :] <= pos_q[:, None], pos_k[None, :] < limit
+    )
+    distance = tl.where(own, 0, pos_k[None, :] - logical_q[:, None])
+    return visible, distance
+
+
+@triton.jit
+def _find_request(QUERY_START, q_block, num_reqs, BLOCK_M: tl.constexpr):
+    """The request whose query blocks contain global block `q_block`.
+
+    Request r's blocks start at query_start[r] // BLOCK_M + r (an upper bound
+    that leaves room for every request's partial last block).
+    """
+    lo = 0
+    hi = num_reqs
+    while lo < hi:
+        mid = (lo + hi) // 2
+        first = tl.load(QUERY_START + mid) // BLOCK_M + mid
+        if first <= q_block:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
+
+
+@triton.jit
+def _attend_block(
+    acc, q, pos_q, logical_q, limit_q, high_q, low_q, row_ok, start, end, full,
+    table, KV, POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head, max_len,
+    divisor, inv_normalizer, DQK: tl.constexpr, DV: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, HS: tl.constexpr,
+    PAGE: tl.constexpr, NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr,
+    FAST: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """acc += (silu(q.k + rab) / N) @ v over keys [start, min(start + BLOCK_N, end)).
+
+    Blocks wholly below `full` are visible to every row of the tile (causal
+    rows' keys before the tile, a context, the history before candidates):
+    they skip the per-element mask.
+    """
+    d_qk = tl.arange(0, BLOCK_DQK)
+    d_v = tl.arange(0, BLOCK_DV)
+    n = start + tl.arange(0, BLOCK_N)
+    n_ok = n < end
+    page = tl.load(table + n // PAGE, mask=n_ok, other=0).to(tl.int64)
+    rows = KV + page * stride_kvb + head * stride_kvh + (n % PAGE) * stride_kvn
+    k = tl.load(
+        rows[:, None] + d_qk[None, :],
+        mask=n_ok[:, None] & (d_qk[None, :] < DQK),
+        other=0.0,
+    )
+    v = tl.load(
+        rows[:, None] + HS + d_v[None, :],
+        mask=n_ok[:, None] & (d_v[None, :] < DV),
+        other=0.0,
+    )
+    high_k, low_k = _slot_halves(rows + DQK, n_ok)
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    if start + BLOCK_N <= full:
+        distance = n[None, :] - logical_q[:, None]
+        s += _rab(distance, high_q, low_q, high_k, low_k, POS_W, TS_W, max_len,
+                  divisor, NUM_BUCKETS, FAST)  # fmt: skip
+        p = _silu_scaled(s, inv_normalizer, FAST)
+    else:
+        visible, distance = _mask_and_distance(pos_q, logical_q, n, limit_q)
+        s += _rab(distance, high_q, low_q, high_k, low_k, POS_W, TS_W, max_len,
+                  divisor, NUM_BUCKETS, FAST)  # fmt: skip
+        p = _silu_scaled(s, inv_normalizer, FAST)
+        p = tl.where(visible & row_ok[:, None] & n_ok[None, :], p, 0.0)
+    return acc + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+
+
+@triton.jit
+def _prefill_kernel(
+    Q, KV, OUT, BLOCK_TABLE, QUERY_START, SEQ_LENS, POS_W, TS_W,
+    stride_qt, stride_qh, stride_kvb, stride_kvh, stride_kvn,
+    stride_ot, stride_oh, stride_bt,
+    num_reqs, max_len, divisor, inv_normalizer,
+    DQK: tl.constexpr, DV: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, HS: tl.constexpr,
+    PAGE: tl.constexpr, NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr,
+    FAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    q_block = tl.program_id(0)
+    head = tl.program_id(1)
+    req = _find_request(QUERY_START, q_block, num_reqs, BLOCK_M)
+    q_start = tl.load(QUERY_START + req)
+    q_len = tl.load(QUERY_START + req + 1) - q_start
+    local = q_block - (q_start // BLOCK_M + req)
+    if local * BLOCK_M >= q_len:
+        return
+    seq_len = tl.load(SEQ_LENS + req)
+
+    m = local * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = m < q_len
+    token = (q_start + m).to(tl.int64)
+    pos_q = seq_len - q_len + m
+    d_qk = tl.arange(0, BLOCK_DQK)
+    q_rows = Q + token * stride_qt + head * stride_qh
+    q = tl.load(
+        q_rows[:, None] + d_qk[None, :],
+        mask=m_ok[:, None] & (d_qk[None, :] < DQK),
+        other=0.0,
+    )
+    high_q, low_q = _slot_halves(q_rows + DQK, m_ok)
+    limit_q = _slot_bytes(q_rows + DQK + 4, m_ok, 3)
+    logical_q = _logical_position(pos_q, limit_q)
+
+    # Keys: each row's prefix (causal, bidirectional, or before the
+    # candidates) up to `prefix_end`, then the tile's diagonal from
+    # `diagonal`, for candidates' own keys; one loop over both ranges.
+    first_pos = seq_len - q_len + local * BLOCK_M
+    last_pos = tl.minimum(first_pos + BLOCK_M, seq_len) - 1
+    row_end = tl.where(limit_q == 0, pos_q + 1, limit_q)
+    prefix_end = tl.minimum(tl.max(tl.where(m_ok, row_end, 0), axis=0), seq_len)
+    full = tl.min(tl.where(m_ok, row_end, seq_len), axis=0)
+    diagonal = tl.maximum(prefix_end, first_pos)
+    prefix_blocks = tl.cdiv(prefix_end, BLOCK_N)
+    blocks = prefix_blocks + tl.cdiv(tl.maximum(last_pos + 1 - diagonal, 0), BLOCK_N)
+    table = BLOCK_TABLE + req.to(tl.int64) * stride_bt
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    for block in range(0, blocks):
+        in_prefix = block < prefix_blocks
+        start = tl.where(
+            in_prefix, block * BLOCK_N, diagonal + (block - prefix_blocks) * BLOCK_N
+        )
+        end = tl.where(in_prefix, prefix_end, last_pos + 1)
+        acc = _attend_block(
+            acc, q, pos_q, logical_q, limit_q, high_q, low_q, m_ok, start, end, full,
+            table, KV, POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head,
+            max_len, divisor, inv_normalizer, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE,
+            NUM_BUCKETS, PRECISION, FAST, BLOCK_N,
+        )  # fmt: skip
+
+    d_v = tl.arange(0, BLOCK_DV)
+    out = OUT + token[:, None] * stride_ot + head * stride_oh + d_v[None, :]
+    tl.store(
+        out, acc.to(OUT.dtype.element_ty), mask=m_ok[:, None] & (d_v[None, :] < DV)
+    )
+
+
+@triton.jit
+def _decode_kernel(
+    Q, KV, PARTIAL, BLOCK_TABLE, SEQ_LENS, POS_W, TS_W,
+    stride_qt, stride_qh, stride_kvb, stride_kvh, stride_kvn,
+    stride_ps, stride_pt, stride_ph, stride_bt,
+    max_len, divisor, inv_normalizer,
+    DQK: tl.constexpr, DV: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, HS: tl.constexpr,
+    PAGE: tl.constexpr, NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr,
+    FAST: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """One query per request; the query is padded to 16 rows so both products
+    run on tensor cores (the other rows are zeros and never stored)."""
+    req = tl.program_id(0)
+    head = tl.program_id(1)
+    split = tl.program_id(2)
+    num_splits = tl.num_programs(2)
+    seq_len = tl.load(SEQ_LENS + req)
+    blocks = tl.cdiv(seq_len, BLOCK_N)
+    per_split = tl.cdiv(blocks, num_splits) * BLOCK_N
+    begin = split * per_split
+    end = tl.minimum(seq_len, begin + per_split)
+
+    r = tl.arange(0, 16)
+    first = r < 1
+    d_qk = tl.arange(0, BLOCK_DQK)
+    q_rows = Q + req.to(tl.int64) * stride_qt + head * stride_qh + r * 0
+    q = tl.load(
+        q_rows[:, None] + d_qk[None, :],
+        mask=first[:, None] & (d_qk[None, :] < DQK),
+        other=0.0,
+    )
+    high_q, low_q = _slot_halves(q_rows + DQK, first)
+    limit_q = _slot_bytes(q_rows + DQK + 4, first, 3)
+    pos_q = seq_len - 1 + r * 0
+    logical_q = _logical_position(pos_q, limit_q)
+    table = BLOCK_TABLE + req.to(tl.int64) * stride_bt
+    acc = tl.zeros([16, BLOCK_DV], dtype=tl.float32)
+    for start in range(begin, end, BLOCK_N):
+        acc = _attend_block(
+            acc, q, pos_q, logical_q, limit_q, high_q, low_q, first, start, end, 0,
+            table, KV, POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head,
+            max_len, divisor, inv_normalizer, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE,
+            NUM_BUCKETS, PRECISION, FAST, BLOCK_N,
+        )  # fmt: skip
+    d_v = tl.arange(0, BLOCK_DV)
+    out = PARTIAL + split * stride_ps + req.to(tl.int64) * stride_pt + head * stride_ph
+    tl.store(out + r[:, None] * 0 + d_v[None, :], acc,
+             mask=first[:, None] & (d_v[None, :] < DV))  # fmt: skip
+
+
+@triton.jit
+def _gated_layer_norm_kernel(
+    X, U, OUT, stride_xt, stride_xh, stride_ut, stride_ot, eps,
+    HEADS: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    token = tl.program_id(0).to(tl.int64)
+    i = tl.arange(0, BLOCK)
+    ok = i < HEADS * DV
+    x = tl.load(
+        X + token * stride_xt + (i // DV) * stride_xh + i % DV, mask=ok, other=0.0
+    ).to(tl.float32)
+    width = HEADS * DV
+    mean = tl.sum(x, axis=0) / width
+    centred = tl.where(ok, x - mean, 0.0)
+    var = tl.sum(centred * centred, axis=0) / width
+    u = tl.load(U + token * stride_ut + i, mask=ok, other=0.0).to(tl.float32)
+    y = u * centred * tl.rsqrt(var + eps)
+    tl.store(OUT + token * stride_ot + i, y.to(OUT.dtype.element_ty), mask=ok)
+
+
+def _multiprocessors(device: torch.device) -> int:
+    if device.type != "cuda":  # the Triton interpreter, on CPU tensors
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _block(d: int) -> int:
+    return max(16, triton.next_power_of_2(d))
+
+
+def _prefill_blocks(dqk: int, dv: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the prefill kernel."""
+    if max(dqk, dv) > 128:
+        return 64, 32, 4, 2
+    return 64, 64, 4, 2
+
+
+DECODE_CONFIG = (64, 4, 2)  # BLOCK_N, warps, stages
+
+
+def decode_splits(num_tokens: int, heads: int, num_sms: int) -> int:
+    """Key splits per (token, head) so a decode batch fills the GPU twice over.
+
+    Depends on the batch shape only, never on sequence lengths: a captured
+    CUDA graph replays with the same grid whatever the lengths are.
+    """
+    programs = max(num_tokens * heads, 1)
+    return max(1, min(64, triton.cdiv(8 * num_sms, programs)))
+
+
+def hstu_attention_triton(
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    pos_w: torch.Tensor,
+    ts_w: torch.Tensor,
+    params: HSTUAttentionParams,
+    output: torch.Tensor,
+    max_query_len: int | None = None,
+    num_splits: int | None = None,
+    prefill_config: tuple[int, int, int, int] | None = None,
+    decode_config: tuple[int, int, int] | None = None,
+) -> None:
+    """Triton HSTU attention; `max_query_len == 1` takes the decode kernel.
+
+    `num_splits` (decode key splits), `prefill_config` (BLOCK_M, BLOCK_N,
+    warps, stages) and `decode_config` (BLOCK_N, warps, stages) override the
+    defaults; `benchmarks/kernels.py --sweep` uses them to tune.
+    """
+    num_tokens, heads = query.shape[0], query.shape[1]
+    num_reqs = seq_lens.shape[0]
+    if num_tokens == 0:
+        return
+    page = kv_cache.shape[2]
+    hs = kv_cache.shape[-1] // 2
+    dqk, dv = params.attention_dim, params.value_dim
+    common = dict(
+        # Approximate SFU math (lg2/tanh) for 16-bit models; exact for fp32.
+        FAST=query.is_cuda and query.dtype != torch.float32,
+        # fp32 models get exact fp32 dots, not TF32 (bf16/fp16 ignore this).
+        PRECISION="ieee",
+        DQK=dqk,
+        DV=dv,
+        BLOCK_DQK=_block(dqk),
+        BLOCK_DV=_block(dv),
+        HS=hs,
+        PAGE=page,
+        NUM_BUCKETS=ts_w.numel() - 1,
+    )
+    kv_strides = (kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2))
+    # float32 bias tables: no conversion per score element (they are tiny).
+    pos_w, ts_w = pos_w.float(), ts_w.float()
+    scalars = (params.max_len, params.time_bucket_divisor, 1.0 / params.normalizer)
+    if max_query_len == 1 and num_tokens == num_reqs:
+        splits = num_splits or decode_splits(
+            num_tokens, heads, _multiprocessors(query.device)
+        )
+        block_n, warps, stages = decode_config or DECODE_CONFIG
+        partial = torch.empty(
+            (splits, num_tokens, heads, dv), dtype=torch.float32, device=query.device
+        )
+        _decode_kernel[(num_tokens, heads, splits)](
+            query, kv_cache, partial, block_table, seq_lens, pos_w, ts_w,
+            query.stride(0), query.stride(1), *kv_strides,
+            partial.stride(0), partial.stride(1), partial.stride(2),
+            block_table.stride(0), *scalars, BLOCK_N=block_n, **common,
+            num_warps=warps, num_stages=stages,
+        )  # fmt: skip
+        output[..., :dv] = partial.sum(dim=0)
+        return
+    block_m, block_n, warps, stages = prefill_config or _prefill_blocks(dqk, dv)
+    grid = (num_tokens // block_m + num_reqs, heads)
+    _prefill_kernel[grid](
+        query, kv_cache, output, block_table, query_start_loc, seq_lens, pos_w, ts_w,
+        query.stride(0), query.stride(1), *kv_strides,
+        output.stride(0), output.stride(1), block_table.stride(0),
+        num_reqs, *scalars, BLOCK_M=block_m, BLOCK_N=block_n, **common,
+        num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+
+
+@torch.library.custom_op("vllm_mtgr::gated_layer_norm", mutates_args=())
+def gated_layer_norm(
+    attention: torch.Tensor, value_dim: int, gate: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """`gate * LayerNorm(attention[..., :value_dim])` over all heads of a token.
+
+    `attention` is `[T, heads, width]` (width >= value_dim, any strides);
+    `gate` and the result are `[T, heads * value_dim]`. A custom op, so that
+    torch.compile treats the kernel launch as one opaque call.
+    """
+    tokens, heads = attention.shape[0], attention.shape[1]
+    out = torch.empty_like(gate)
+    if tokens:
+        _gated_layer_norm_kernel[(tokens,)](
+            attention, gate, out, attention.stride(0), attention.stride(1),
+            gate.stride(0), out.stride(0), eps, HEADS=heads, DV=value_dim,
+            BLOCK=triton.next_power_of_2(heads * value_dim),
+        )  # fmt: skip
+    return out
+
+
+@gated_layer_norm.register_fake
+def _(attention: torch.Tensor, value_dim: int, gate: torch.Tensor, eps: float):
+    return torch.empty_like(gate)
