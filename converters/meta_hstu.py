@@ -18,6 +18,7 @@ import torch
 from vllm_mtgr.config import MTGRConfig
 
 from .model_dir import write_model_dir
+from .shapes import CheckpointError
 
 ITEM_EMB = "_embedding_module._item_emb.weight"
 POS_EMB = "_input_features_preproc._pos_emb.weight"
@@ -29,10 +30,6 @@ TS_W = LAYER + "_rel_attn_bias._ts_w"
 POS_W = LAYER + "_rel_attn_bias._pos_w"
 # vllm-mtgr's extension: an action-type embedding (Meta's models have none).
 ACTION_EMB = "_action_emb.weight"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is not a Meta HSTU checkpoint; names the tensor."""
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,10 @@ def write_model_dir(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(directory)
-    write_tokenizer(directory, config.num_items, config.max_position_embeddings)
+    ranking = "MTGRForRanking" in (config.architectures or [])
+    write_tokenizer(
+        directory, config.num_items, config.max_position_embeddings, ranking
+    )
     generation = {"temperature": 0.0, "max_new_tokens": 1, "pad_token_id": 0}
     (directory / "generation_config.json").write_text(json.dumps(generation, indent=2))
     for name, text in (extra_files or {}).items():

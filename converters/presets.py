@@ -15,6 +15,9 @@ import torch
 from vllm_mtgr.config import MTGRConfig
 
 from .model_dir import write_model_dir
+from .shapes import parameter_count, weight_shapes
+
+RANKING_PLUGIN = "mtgr_ranking"  # vllm_mtgr.serving.ranking
 
 
 @dataclass(frozen=True)
@@ -25,11 +28,29 @@ class Preset:
     num_heads: int
     head_dim: int
     max_len: int
+    # Ranking presets (MTGRForRanking) set these.
+    tasks: tuple[str, ...] = ()
+    profile_features: int = 0
+    profile_vocab: int = 0
+    cross_features: int = 0
+    head_hidden: int = 0
+    max_candidates: int = 0
 
     def config(self, dtype: str) -> MTGRConfig:
+        ranking = bool(self.tasks)
+        ranking_fields = dict(
+            task_names=list(self.tasks),
+            num_profile_features=self.profile_features,
+            profile_vocab_size=self.profile_vocab,
+            num_cross_features=self.cross_features,
+            head_hidden_size=self.head_hidden,
+            max_candidates=self.max_candidates,
+            io_processor_plugin=RANKING_PLUGIN,
+        )
         return MTGRConfig(
-            architectures=["MTGRForCausalLM"],
-            vocab_size=self.num_items + 2,
+            architectures=["MTGRForRanking" if ranking else "MTGRForCausalLM"],
+            vocab_size=self.num_items + (4 if ranking else 2),
+            num_items=self.num_items,
             hidden_size=self.hidden_size,
             num_hidden_layers=self.num_layers,
             num_attention_heads=self.num_heads,
@@ -37,64 +58,40 @@ class Preset:
             linear_dim=self.head_dim,
             max_position_embeddings=self.max_len,
             torch_dtype=dtype,
+            **(ranking_fields if ranking else {}),
         )
 
 
+TASKS = ("ctr", "ctcvr", "engagement", "retention")
 PRESETS = {
     "mtgr-small": Preset(10_000, 64, 2, 2, 32, 256),
     "mtgr-base": Preset(100_000, 256, 4, 4, 64, 1024),
     "mtgr-large": Preset(1_000_000, 512, 8, 4, 128, 2048),
     "mtgr-8b": Preset(3_570_000, 2048, 32, 16, 128, 8192),
+    "mtgr-rank-small": Preset(10_000, 64, 2, 2, 32, 512, TASKS, 4, 1000, 8, 64, 128),
+    # The DLRMv3 peer workload's shape: 5 layers, D=512, 4 heads x 128,
+    # 1024 history events + 2048 candidates per user.
+    "mtgr-rank-dlrmv3": Preset(
+        1_000_000, 512, 5, 4, 128, 3200, TASKS, 8, 100_000, 16, 256, 2048
+    ),
 }
-
-
-def weight_shapes(config: MTGRConfig) -> dict[str, tuple[int, ...]]:
-    """Every weight of an MTGRForCausalLM checkpoint and its shape."""
-    d, h = config.hidden_size, config.num_attention_heads
-    dqk, dv = config.attention_dim, config.linear_dim
-    shapes = {
-        "model.item_embedding.weight": (config.vocab_size, d),
-        "model.position_embedding.weight": (config.max_position_embeddings, d),
-    }
-    if config.num_action_types:
-        shapes["model.action_embedding.weight"] = (config.num_action_types, d)
-    for i in range(config.num_hidden_layers):
-        prefix = f"model.layers.{i}."
-        shapes[prefix + "uvqk_proj.weight"] = (2 * h * (dv + dqk), d)
-        shapes[prefix + "o_proj.weight"] = (d, h * dv)
-        shapes[prefix + "o_proj.bias"] = (d,)
-        shapes[prefix + "attn.relative_bias.position_weight"] = (
-            2 * config.max_position_embeddings - 1,
-        )
-        shapes[prefix + "attn.relative_bias.time_weight"] = (
-            config.num_time_buckets + 1,
-        )
-    return shapes
-
-
-def parameter_count(config: MTGRConfig) -> int:
-    total = 0
-    for shape in weight_shapes(config).values():
-        count = 1
-        for size in shape:
-            count *= size
-        total += count
-    return total
 
 
 def random_tensors(
     config: MTGRConfig, seed: int, dtype: torch.dtype
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Normal(0, 0.02) weights, zero biases, one tensor at a time."""
+    """Normal(0, 0.02) weights, zero biases, unit norm scales; one at a time."""
     generator = torch.Generator().manual_seed(seed)
     for name, shape in weight_shapes(config).items():
-        if name.endswith(".bias"):
+        if name.endswith("norm.weight"):
+            tensor = torch.ones(shape)
+        elif name.endswith((".bias", ".b1", ".b2")):
             tensor = torch.zeros(shape)
         else:
             tensor = torch.randn(shape, generator=generator) * 0.02
         if name == "model.item_embedding.weight":
             tensor[0] = 0  # padding
-            tensor[-1] = 0  # <unk>
+            tensor[config.num_items + 1 :] = 0  # special tokens
         yield name, tensor.to(dtype)
 
 

@@ -333,5 +333,6 @@ def main() -> None:
             convert(checkpoint, args.out, options)
         print(f"wrote {args.out}")
 
+
 if __name__ == "__main__":
     main()

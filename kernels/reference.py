@@ -275,3 +275,155 @@ class HSTUReference(nn.Module):
             all_actions,
         )
         return self.logits(outputs)
+
+
+class _GroupNorm(nn.Module):
+    """LayerNorm without affine, then one affine per token group (MTGR's GLN)."""
+
+    def __init__(self, groups: int, width: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(groups, width))
+        self.bias = nn.Parameter(torch.zeros(groups, width))
+
+    def forward(self, x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        normed = F.layer_norm(x, x.shape[-1:], eps=self.eps)
+        return normed * self.weight[groups] + self.bias[groups]
+
+
+class _RankingLayer(nn.Module):
+    def __init__(self, config, groups: int) -> None:
+        super().__init__()
+        h, dqk, dv = config.num_attention_heads, config.attention_dim, config.linear_dim
+        d, n = config.hidden_size, config.max_position_embeddings
+        self.uvqk_proj = nn.Linear(d, 2 * h * (dv + dqk), bias=False)
+        self.o_proj = nn.Linear(h * dv, d)
+        self.attn = _Holder()
+        self.attn.relative_bias = _Holder()
+        self.attn.relative_bias.position_weight = nn.Parameter(torch.empty(2 * n - 1))
+        self.attn.relative_bias.time_weight = nn.Parameter(
+            torch.empty(config.num_time_buckets + 1)
+        )
+        self.input_norm = _GroupNorm(groups, d, config.layer_norm_eps)
+        self.output_norm = _GroupNorm(groups, h * dv, config.layer_norm_eps)
+
+
+class MTGRReference(nn.Module):
+    """MTGR ranking (DESIGN section 3) for one request, whole sequence, dense.
+
+    Parameter names equal the served checkpoint's, so a trained state dict
+    loads unchanged into the oracle and, through the ranking converter, into
+    vLLM.
+    """
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        from vllm_mtgr.ranking_request import NUM_GROUPS
+        from vllm_mtgr.scoring_head import ScoringHead
+
+        d = config.hidden_size
+        self.config = config
+        self.model = _Holder()
+        self.model.item_embedding = nn.Embedding(config.vocab_size, d)
+        self.model.position_embedding = nn.Embedding(config.max_position_embeddings, d)
+        if config.num_action_types:
+            self.model.action_embedding = nn.Embedding(config.num_action_types, d)
+        self.model.profile_embedding = nn.Embedding(
+            max(config.profile_vocab_size, 1), d
+        )
+        self.model.candidate_mlp = _Holder()
+        self.model.candidate_mlp.in_proj = nn.Linear(d + config.num_cross_features, d)
+        self.model.candidate_mlp.out_proj = nn.Linear(d, d)
+        self.model.layers = nn.ModuleList(
+            _RankingLayer(config, NUM_GROUPS) for _ in range(config.num_hidden_layers)
+        )
+        self.scoring_head = ScoringHead(
+            d, config.head_hidden_size, len(config.task_names), config.layer_norm_eps
+        )
+
+    def _tokens(self, request) -> dict[str, torch.Tensor]:
+        """Per token: group, item, action, time, logical position, key limit."""
+        from vllm_mtgr.ranking_request import CANDIDATE, HISTORY, PROFILE, REALTIME
+
+        h, r, c = request.history, request.realtime, len(request.candidates)
+        p = len(request.profile)
+        context = request.context_end
+        # Candidates see the real-time events at or before their time.
+        limits = [
+            context + sum(t <= when for t in r.timestamps)
+            for when in request.candidate_times
+        ]
+        values = {
+            "groups": [PROFILE] * p
+            + [HISTORY] * len(h.items)
+            + [REALTIME] * len(r.items)
+            + [CANDIDATE] * c,
+            "times": [request.profile_time] * p
+            + list(h.timestamps)
+            + list(r.timestamps)
+            + list(request.candidate_times),
+            "limits": [context] * context + [0] * len(r.items) + limits,
+            "positions": list(range(request.candidate_start)) + limits,
+            "items": [0] * p + list(h.items) + list(r.items),
+            "actions": list(h.actions) + list(r.actions),
+        }
+        return {k: torch.tensor(v, dtype=torch.long) for k, v in values.items()}
+
+    def _embed(self, request, tokens) -> torch.Tensor:
+        m, d = self.model, self.config.hidden_size
+        parts = []
+        if request.profile:
+            parts.append(m.profile_embedding(torch.tensor(request.profile)))
+        events = tokens["items"][len(request.profile) :]
+        if len(events):
+            x = m.item_embedding(events) * math.sqrt(d)
+            if self.config.num_action_types:
+                x = x + m.action_embedding(tokens["actions"])
+            parts.append(x)
+        candidates = m.item_embedding(torch.tensor(request.candidates))
+        features = torch.tensor(request.features, dtype=candidates.dtype).reshape(
+            len(request.candidates), self.config.num_cross_features
+        )
+        hidden = F.silu(m.candidate_mlp.in_proj(torch.cat([candidates, features], -1)))
+        parts.append(m.candidate_mlp.out_proj(hidden))
+        return torch.cat(parts) + m.position_embedding(tokens["positions"])
+
+    def scores(self, request) -> torch.Tensor:
+        """`[candidates, tasks]` probabilities."""
+        config = self.config
+        h, dqk, dv = config.num_attention_heads, config.attention_dim, config.linear_dim
+        n = config.max_position_embeddings
+        tokens = self._tokens(request)
+        x = self._embed(request, tokens)
+        length = x.shape[0]
+        i = torch.arange(length)[:, None]
+        j = torch.arange(length)[None, :]
+        limit = tokens["limits"][:, None]
+        candidate = (limit > 0) & (limit <= i)
+        visible = (
+            ((limit == 0) & (j <= i))
+            | ((limit > i) & (j < limit))
+            | (candidate & ((j < limit) | (j == i)))
+        )
+        logical_i = torch.where(candidate, limit, i)
+        distance = torch.where(j == i, 0, j - logical_i)
+        buckets = time_buckets(
+            tokens["times"][:, None] - tokens["times"][None, :],
+            config.num_time_buckets,
+            config.time_bucket_divisor,
+        )
+        groups = tokens["groups"]
+        for layer in self.model.layers:
+            bias = layer.attn.relative_bias
+            rab = bias.position_weight[(distance + n - 1).clamp(0, 2 * n - 2)]
+            rab = rab + bias.time_weight[buckets]
+            uvqk = F.silu(layer.uvqk_proj(layer.input_norm(x, groups)))
+            u, v, q, k = uvqk.split([h * dv, h * dv, h * dqk, h * dqk], -1)
+            scores = torch.einsum(
+                "ihd,jhd->hij", q.view(length, h, dqk), k.view(length, h, dqk)
+            )
+            attn = F.silu(scores + rab) / config.attention_normalizer * visible
+            out = torch.einsum("hij,jhd->ihd", attn, v.view(length, h, dv))
+            gated = u * layer.output_norm(out.reshape(length, h * dv), groups)
+            x = x + layer.o_proj(gated)
+        return self.scoring_head(x[request.candidate_start :])

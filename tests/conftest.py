@@ -7,14 +7,19 @@ converter is on the path of every parity check.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
+from vllm_mtgr.converters import mtgr_ranking
 from vllm_mtgr.converters.meta_hstu import ConversionOptions, convert
-from vllm_mtgr.kernels.reference import HSTUReference
+from vllm_mtgr.kernels.reference import HSTUReference, MTGRReference
+
+from vllm_mtgr.config import MTGRConfig
 
 # Small but not degenerate: 2 heads, q/k and v widths differ, 2 blocks.
 TINY = dict(
@@ -72,6 +77,65 @@ def tiny_model(tmp_path_factory) -> TinyModel:
     checkpoint = save_meta_checkpoint(reference, root / "hstu.pt")
     model_dir = convert(checkpoint, root / "model", ConversionOptions(num_heads=2))
     return TinyModel(reference, checkpoint, model_dir)
+
+
+# A small MTGR ranking model: 3 profile features, actions, cross features.
+TINY_RANKING = dict(
+    num_items=300,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    attention_dim=16,
+    linear_dim=24,
+    max_position_embeddings=160,
+    task_names=["ctr", "ctcvr", "engagement"],
+    num_profile_features=3,
+    profile_vocab_size=50,
+    num_cross_features=5,
+    head_hidden_size=16,
+    max_candidates=40,
+    num_action_types=4,
+)
+
+
+@dataclass
+class TinyRankingModel:
+    reference: MTGRReference
+    config: MTGRConfig
+    model_dir: Path
+
+
+def random_ranking_reference(seed: int) -> MTGRReference:
+    config = MTGRConfig(
+        architectures=["MTGRForRanking"],
+        vocab_size=TINY_RANKING["num_items"] + 4,
+        **TINY_RANKING,
+    )
+    torch.manual_seed(seed)
+    reference = MTGRReference(config)
+    with torch.no_grad():
+        for name, param in reference.named_parameters():
+            std = 0.3 if "bias" in name or "relative" in name else 0.2
+            param.normal_(0.0, std)
+    return reference.eval()
+
+
+def save_ranking_checkpoint(reference: MTGRReference, directory: Path) -> Path:
+    """The trainer's format: the oracle's state dict + its config fields."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(TINY_RANKING))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_ranking_model(tmp_path_factory) -> TinyRankingModel:
+    root = tmp_path_factory.mktemp("tiny-ranking")
+    reference = random_ranking_reference(seed=2)
+    checkpoint = save_ranking_checkpoint(reference, root / "checkpoint")
+    model_dir = mtgr_ranking.convert(checkpoint, root / "model")
+    return TinyRankingModel(reference, reference.config, model_dir)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -15,7 +15,8 @@ from vllm_mtgr.converters.meta_hstu import (
     convert,
 )
 from vllm_mtgr.converters.model_dir import write_weights
-from vllm_mtgr.converters.presets import PRESETS, create, parameter_count
+from vllm_mtgr.converters.presets import PRESETS, create
+from vllm_mtgr.converters.shapes import parameter_count
 
 from vllm_mtgr.cli import main as cli
 from vllm_mtgr.config import MTGRConfig

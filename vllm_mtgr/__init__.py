@@ -8,6 +8,7 @@ from __future__ import annotations
 
 ARCHITECTURES = {
     "MTGRForCausalLM": "vllm_mtgr.model:MTGRForCausalLM",
+    "MTGRForRanking": "vllm_mtgr.ranking:MTGRForRanking",
 }
 
 

@@ -13,6 +13,11 @@ _ENDPOINT_GROUP = "vllm.endpoint_plugins"
 
 
 def _convert(args: argparse.Namespace) -> None:
+    if args.format == "mtgr-ranking":
+        from vllm_mtgr.converters.mtgr_ranking import convert as convert_ranking
+
+        print(f"wrote {convert_ranking(args.checkpoint, args.out)}")
+        return
     from vllm_mtgr.converters.meta_hstu import (
         ConversionOptions,
         convert,
@@ -26,12 +31,14 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _create(args: argparse.Namespace) -> None:
-    from vllm_mtgr.converters.presets import PRESETS, create, parameter_count
+    from vllm_mtgr.converters.presets import PRESETS, create
+    from vllm_mtgr.converters.shapes import parameter_count
 
     if args.list:
         for name, preset in PRESETS.items():
             count = parameter_count(preset.config("bfloat16"))
-            print(f"{name:12s} {count / 1e9:7.3f} B parameters  {preset}")
+            kind = "ranking" if preset.tasks else "retrieval"
+            print(f"{name:18s} {kind:9s} {count / 1e9:7.3f} B parameters")
         return
     if not args.preset or not args.out:
         raise SystemExit("vllm-mtgr create: give a PRESET and --out (or --list)")
@@ -77,8 +84,12 @@ def main(argv: list[str] | None = None) -> None:
     convert = commands.add_parser(
         "convert", help="convert a trained checkpoint to a servable model directory"
     )
-    convert.add_argument("format", choices=["hstu-research"])
-    convert.add_argument("checkpoint", help="Meta research HSTU checkpoint (.pt)")
+    convert.add_argument("format", choices=["hstu-research", "mtgr-ranking"])
+    convert.add_argument(
+        "checkpoint",
+        help="hstu-research: Meta's .pt checkpoint; mtgr-ranking: a directory "
+        "with config.json and safetensors",
+    )
     convert.add_argument("--out", required=True, help="output model directory")
     convert.add_argument("--items", help="item catalogue (movies.dat) for titles")
     convert.add_argument(

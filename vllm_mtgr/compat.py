@@ -78,11 +78,21 @@ def _model_defaults_class() -> type:
 
         @staticmethod
         def verify_and_update_config(vllm_config: Any) -> None:
-            mm_config = vllm_config.model_config.multimodal_config
+            model_config = vllm_config.model_config
+            mm_config = model_config.multimodal_config
             if mm_config is not None:
-                # The events processor builds its items itself; caching
-                # processor outputs would only hold copies of request data.
+                # Our processors build their items themselves; caching processor
+                # outputs would only hold copies of request data.
                 mm_config.mm_processor_cache_gb = 0
+            if model_config.runner_type == "pooling":
+                # Ranking: a context or the candidates must be computed in one
+                # step (see vllm_mtgr.ranking_multimodal), so never split an
+                # item, and let one step hold a whole request.
+                scheduler = vllm_config.scheduler_config
+                scheduler.disable_chunked_mm_input = True
+                scheduler.max_num_batched_tokens = max(
+                    scheduler.max_num_batched_tokens, model_config.max_model_len
+                )
 
     return MTGRModelDefaults
 

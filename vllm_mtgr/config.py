@@ -5,7 +5,8 @@ retrieval) reads the HSTU fields, `MTGRForRanking` additionally reads the
 ranking fields (token groups and task heads).
 
 Token ids: 0 is padding, 1..num_items are the items (token id == item id, as in
-Meta's research code), `vocab_size - 1` is the unknown-item token. Neither
+Meta's research code), num_items + 1 is the unknown-item token; ranking models
+add `<profile>` (num_items + 2) and `<candidate>` (num_items + 3) slots. No
 special token is ever a retrieval result.
 """
 
@@ -32,6 +33,7 @@ class MTGRConfig(PretrainedConfig):
     def __init__(
         self,
         vocab_size: int = 3954,
+        num_items: int | None = None,
         hidden_size: int = 50,
         num_hidden_layers: int = 2,
         num_attention_heads: int = 1,
@@ -55,6 +57,7 @@ class MTGRConfig(PretrainedConfig):
         **kwargs: Any,
     ) -> None:
         self.vocab_size = vocab_size
+        self.num_items = vocab_size - 2 if num_items is None else num_items
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.num_attention_heads = num_attention_heads
@@ -80,12 +83,16 @@ class MTGRConfig(PretrainedConfig):
         super().__init__(pad_token_id=pad_token_id, **kwargs)
 
     @property
-    def num_items(self) -> int:
-        return self.vocab_size - 2
+    def unk_token_id(self) -> int:
+        return self.num_items + 1
 
     @property
-    def unk_token_id(self) -> int:
-        return self.vocab_size - 1
+    def profile_token_id(self) -> int:
+        return self.num_items + 2
+
+    @property
+    def candidate_token_id(self) -> int:
+        return self.num_items + 3
 
     # vLLM reads these two names to size the KV cache.
     @property

@@ -200,6 +200,33 @@ def encode_position_rows(
     return np.stack([key_row, query_row, key_row])
 
 
+def encode_ranking_rows(
+    positions: np.ndarray,
+    key_times: np.ndarray,
+    query_times: np.ndarray,
+    key_limits: np.ndarray,
+    groups: np.ndarray,
+) -> np.ndarray:
+    """Ranking rows: times as above; row 2 packs each query's key limit and
+    token group (`(limit << 2 | group) << POSITION_BITS | position`).
+
+    Ranking models never decode, so no delta touches these rows.
+    """
+    return np.stack(
+        [
+            (key_times << POSITION_BITS) | positions,
+            (query_times << POSITION_BITS) | positions,
+            (((key_limits << 2) | groups) << POSITION_BITS) | positions,
+        ]
+    )
+
+
+def decode_ranking_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(key limits, token groups) from ranking rows."""
+    packed = rows[2] >> POSITION_BITS
+    return packed >> 2, packed & 3
+
+
 def decode_delta(request_timestamp: int) -> int:
     """M-RoPE delta: generated tokens decode to time = request time."""
     return request_timestamp << POSITION_BITS

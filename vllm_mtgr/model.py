@@ -85,12 +85,27 @@ def _with_slots(
     return torch.cat(parts, dim=-1).view(tokens, heads * width)
 
 
+class GroupAffine(nn.Module):
+    """One affine per token group (MTGR's group LayerNorm, after the norm)."""
+
+    def __init__(self, groups: int, width: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(groups, width))
+        self.bias = nn.Parameter(torch.zeros(groups, width))
+
+    def forward(self, normed: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        return normed * self.weight[groups] + self.bias[groups]
+
+
 class HSTUBlock(nn.Module):
+    """One HSTU layer; with `num_groups`, MTGR's group LayerNorms around it."""
+
     def __init__(
         self,
         config: MTGRConfig,
         cache_config: CacheConfig | None,
         prefix: str,
+        num_groups: int = 0,
     ) -> None:
         super().__init__()
         self.tp_size = get_tensor_model_parallel_world_size()
@@ -125,13 +140,26 @@ class HSTUBlock(nn.Module):
             input_is_parallel=True,
             prefix=f"{prefix}.o_proj",
         )
+        self.input_norm = self.output_norm = None
+        if num_groups:
+            if self.tp_size > 1:
+                raise ValueError("MTGR ranking runs with tensor parallel size 1")
+            self.input_norm = GroupAffine(num_groups, config.hidden_size)
+            self.output_norm = GroupAffine(num_groups, total_heads * self.dv)
 
     def forward(
-        self, x: torch.Tensor, key_slots: torch.Tensor, query_slots: torch.Tensor
+        self,
+        x: torch.Tensor,
+        key_slots: torch.Tensor,
+        query_slots: torch.Tensor,
+        groups: torch.Tensor | None = None,
     ) -> torch.Tensor:
         h, dqk, dv = self.heads, self.dqk, self.dv
         width = self.params.cache_head_size
-        uvqk, _ = self.uvqk_proj(F.layer_norm(x, x.shape[-1:], eps=self.eps))
+        normed = F.layer_norm(x, x.shape[-1:], eps=self.eps)
+        if self.input_norm is not None:
+            normed = self.input_norm(normed, groups)
+        uvqk, _ = self.uvqk_proj(normed)
         u, v, q, k = F.silu(uvqk).split([h * dv, h * dv, h * dqk, h * dqk], dim=-1)
         attn = self.attn(
             _with_slots(q, h, query_slots, width),
@@ -139,7 +167,11 @@ class HSTUBlock(nn.Module):
             _with_slots(v, h, None, width),
         )
         attn = attn.view(-1, h, width)
-        if self.tp_size == 1:
+        if self.output_norm is not None:
+            values = attn[..., :dv].reshape(-1, h * dv)
+            normed = F.layer_norm(values, values.shape[-1:], eps=self.eps)
+            gated = u * self.output_norm(normed, groups)
+        elif self.tp_size == 1:
             gated = gated_layer_norm(attn, dv, u, self.eps)
         else:
             values = attn[..., :dv].reshape(-1, h * dv)

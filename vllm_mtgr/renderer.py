@@ -11,16 +11,29 @@ from typing import Any
 
 from vllm.renderers.hf import HfRenderer
 
+from vllm_mtgr.errors import RequestError
 from vllm_mtgr.validation import check_history
+
+RANKING = "ranking"  # the ranking modality (vllm_mtgr.ranking_multimodal)
 
 
 class MTGRRenderer(HfRenderer):
     def _check(self, prompt: Any) -> None:
-        token_ids = prompt.get("prompt_token_ids") if isinstance(prompt, dict) else None
+        if not isinstance(prompt, dict):
+            return
+        config = self.config.model_config.hf_config
+        if "MTGRForRanking" in (config.architectures or []):
+            # The ranking processor validates the request and builds the prompt.
+            if RANKING not in (prompt.get("multi_modal_data") or {}):
+                raise RequestError(
+                    "a ranking model takes ranking requests (`data` on /pooling, "
+                    "or multi_modal_data['ranking'] offline), not text",
+                    "prompt",
+                )
+            return
+        token_ids = prompt.get("prompt_token_ids")
         if token_ids is not None:
-            check_history(
-                token_ids, self.config.model_config.hf_config, prompt.get("prompt")
-            )
+            check_history(token_ids, config, prompt.get("prompt"))
 
     def process_for_engine(self, prompt: Any, *args: Any, **kwargs: Any) -> Any:
         self._check(prompt)

@@ -14,6 +14,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 PAD_TOKEN = "<pad>"
 UNK_TOKEN = "<unk>"
+# Ranking prompts: one slot per profile feature and per candidate.
+PROFILE_TOKEN = "<profile>"
+CANDIDATE_TOKEN = "<candidate>"
 ITEM_PREFIX = "item_"
 
 
@@ -21,20 +24,25 @@ def item_token(item_id: int) -> str:
     return f"{ITEM_PREFIX}{item_id}"
 
 
-def build_tokenizer(num_items: int) -> Tokenizer:
+def build_tokenizer(num_items: int, ranking: bool = False) -> Tokenizer:
     vocab = {PAD_TOKEN: 0}
     vocab.update((item_token(i), i) for i in range(1, num_items + 1))
     vocab[UNK_TOKEN] = num_items + 1
+    if ranking:
+        vocab[PROFILE_TOKEN] = num_items + 2
+        vocab[CANDIDATE_TOKEN] = num_items + 3
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     return tokenizer
 
 
-def write_tokenizer(directory: str | Path, num_items: int, max_length: int) -> None:
+def write_tokenizer(
+    directory: str | Path, num_items: int, max_length: int, ranking: bool = False
+) -> None:
     """Write tokenizer.json and the small files transformers reads beside it."""
     directory = Path(directory)
-    build_tokenizer(num_items).save(str(directory / "tokenizer.json"))
+    build_tokenizer(num_items, ranking).save(str(directory / "tokenizer.json"))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "pad_token": PAD_TOKEN,

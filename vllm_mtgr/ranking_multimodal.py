@@ -1,0 +1,266 @@
+"""The "ranking" modality: a ranking request as multimodal items.
+
+`multi_modal_data={"ranking": request}` carries the public request object
+(`vllm_mtgr.ranking_request`); the processor validates it, rebuilds the
+prompt from it and emits three kinds of items, all with the same fields:
+
+* the context (profile + long history), one item, never split: its tokens
+  attend to each other both ways, so every cached block of it depends on all
+  of it, and its hash (all of its content) enters every one of its blocks;
+* the real-time history, in `EVENT_CHUNK_TOKENS` chunks (causal, so a
+  returning user's new events reuse the blocks before them);
+* the candidates, one item whose hash includes a per-request nonce: their
+  blocks are never reused, so every candidate is computed, in the request's
+  last step, where the pooler reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from vllm.multimodal.inputs import (
+    MultiModalFieldConfig,
+    MultiModalFieldElem,
+    MultiModalKwargsItem,
+    MultiModalKwargsItems,
+    PlaceholderRange,
+)
+from vllm.multimodal.parse import ModalityDataItems, MultiModalDataParser
+from vllm.multimodal.processing import (
+    BaseDummyInputsBuilder,
+    BaseMultiModalProcessor,
+    BaseProcessingInfo,
+)
+
+from vllm_mtgr import compat
+from vllm_mtgr.events import EVENT_CHUNK_TOKENS
+from vllm_mtgr.ranking_request import (
+    CANDIDATE,
+    HISTORY,
+    PROFILE,
+    REALTIME,
+    RankingRequest,
+    parse_ranking_request,
+    token_ids,
+)
+
+MODALITY = "ranking"
+CONTEXT_ITEM, EVENTS_ITEM, CANDIDATES_ITEM = range(3)
+# Per-token fields the position rows need: computed on the CPU.
+ROW_FIELDS = ("positions", "key_times", "query_times", "limits", "groups")
+EMBEDDING_FIELDS = ("kind", "values", "actions", "features")
+
+
+class RankingItems(ModalityDataItems[Mapping[str, object], RankingRequest]):
+    """One validated request; its multimodal items are built in `apply`."""
+
+    def __init__(self, data: Mapping[str, object], request: RankingRequest) -> None:
+        super().__init__(data, MODALITY)
+        self.request = request
+
+    def get_count(self) -> int:
+        realtime = len(self.request.realtime.items)
+        return (
+            (1 if self.request.context_end else 0)
+            + -(-realtime // EVENT_CHUNK_TOKENS)
+            + 1
+        )
+
+    def get(self, index: int) -> RankingRequest:
+        return self.request
+
+    def get_processor_data(self) -> Mapping[str, object]:
+        return {}
+
+    def get_passthrough_data(self) -> Mapping[str, object]:
+        return {}
+
+
+class RankingDataParser(MultiModalDataParser):
+    def __init__(self, config, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.config = config
+
+    def _parse_ranking(self, data: object) -> ModalityDataItems | None:
+        if data is None:
+            return None
+        return RankingItems(data, parse_ranking_request(data, self.config))  # type: ignore[arg-type]
+
+    def _get_subparsers(self):
+        return {MODALITY: self._parse_ranking}
+
+
+class RankingProcessingInfo(BaseProcessingInfo):
+    def get_data_parser(self) -> MultiModalDataParser:
+        return RankingDataParser(self.get_hf_config())
+
+    def get_supported_mm_limits(self) -> Mapping[str, int | None]:
+        return {MODALITY: None}
+
+    def get_mm_max_tokens_per_item(
+        self, seq_len: int, mm_counts: Mapping[str, int]
+    ) -> Mapping[str, int]:
+        return {MODALITY: self.get_hf_config().max_position_embeddings}
+
+
+class RankingDummyInputsBuilder(BaseDummyInputsBuilder[RankingProcessingInfo]):
+    """Profiling input: the longest context the model takes, one candidate."""
+
+    def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
+        return ""  # the processor builds the prompt from the request
+
+    def get_dummy_mm_data(self, seq_len: int, mm_counts: Mapping[str, int], *_args):
+        if not mm_counts.get(MODALITY):
+            return {}
+        config = self.info.get_hf_config()
+        history = max(
+            config.max_position_embeddings - config.num_profile_features - 1, 0
+        )
+        return {
+            MODALITY: {
+                "profile": [0] * config.num_profile_features,
+                "history": {"items": [1] * history, "timestamps": [0] * history},
+                "candidates": {
+                    "items": [1],
+                    "features": [[0.0] * config.num_cross_features]
+                    if config.num_cross_features
+                    else None,
+                },
+            }
+        }
+
+
+def _fields_config() -> dict[str, MultiModalFieldConfig]:
+    fields = {
+        name: MultiModalFieldConfig.batched(MODALITY, keep_on_cpu=True)
+        for name in ROW_FIELDS
+    }
+    fields.update(
+        (name, MultiModalFieldConfig.batched(MODALITY)) for name in EMBEDDING_FIELDS
+    )
+    return fields
+
+
+def ranking_items(
+    request: RankingRequest, num_features: int
+) -> list[tuple[int, dict[str, np.ndarray]]]:
+    """(offset, per-token arrays) for each item of a request, in prompt order.
+
+    Key and query time are equal for every token (see ranking_request).
+    """
+    h, r = request.history, request.realtime
+    context = request.context_end
+    items: list[tuple[int, dict[str, np.ndarray]]] = []
+
+    def item(kind, offset, values, actions, times, limits, groups, positions):
+        times = np.asarray(times, dtype=np.int64)
+        items.append(
+            (
+                offset,
+                {
+                    "kind": np.array([kind]),
+                    "values": np.asarray(values, dtype=np.int64),
+                    "actions": np.asarray(actions, dtype=np.int64),
+                    "features": np.zeros((len(times), num_features), np.float32),
+                    "positions": np.asarray(positions, dtype=np.int64),
+                    "key_times": times,
+                    "query_times": times,
+                    "limits": np.asarray(limits, dtype=np.int64),
+                    "groups": np.asarray(groups, dtype=np.int64),
+                },
+            )
+        )
+
+    if context:
+        p = len(request.profile)
+        item(
+            CONTEXT_ITEM,
+            0,
+            list(request.profile) + list(h.items),
+            [0] * p + list(h.actions),
+            [request.profile_time] * p + list(h.timestamps),
+            [context] * context,
+            [PROFILE] * p + [HISTORY] * len(h.items),
+            range(context),
+        )
+    for lo in range(0, len(r.items), EVENT_CHUNK_TOKENS):
+        hi = min(lo + EVENT_CHUNK_TOKENS, len(r.items))
+        item(
+            EVENTS_ITEM,
+            context + lo,
+            r.items[lo:hi],
+            r.actions[lo:hi],
+            r.timestamps[lo:hi],
+            [0] * (hi - lo),
+            [REALTIME] * (hi - lo),
+            range(context + lo, context + hi),
+        )
+    count = len(request.candidates)
+    limits = request.candidate_limits()
+    item(
+        CANDIDATES_ITEM,
+        request.candidate_start,
+        request.candidates,
+        [0] * count,
+        request.candidate_times,
+        limits,
+        [CANDIDATE] * count,
+        limits,  # a candidate's logical position: after what it sees
+    )
+    items[-1][1]["features"] = np.asarray(request.features, dtype=np.float32).reshape(
+        count, num_features
+    )
+    return items
+
+
+def _item_hash(model_id: str, fields: dict[str, np.ndarray], nonce: str) -> str:
+    digest = hashlib.sha256(f"{model_id}/{nonce}".encode())
+    for name in sorted(fields):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(fields[name]).tobytes())
+    return digest.hexdigest()
+
+
+class RankingMultiModalProcessor(BaseMultiModalProcessor[RankingProcessingInfo]):
+    def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs, **_kwargs):
+        return _fields_config()
+
+    def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
+        return []
+
+    def apply(self, inputs, timing_ctx=None, *_args, **_kwargs):
+        parsed = inputs.mm_data_items.get(MODALITY)
+        if not isinstance(parsed, RankingItems):
+            raise ValueError("a ranking prompt needs multi_modal_data['ranking']")
+        config = self.info.get_hf_config()
+        request = parsed.request
+        items = ranking_items(request, config.num_cross_features)
+        configs = _fields_config()
+        kwargs_items, hashes, placeholders = [], [], []
+        for offset, fields in items:
+            kwargs_items.append(
+                MultiModalKwargsItem(
+                    {
+                        name: MultiModalFieldElem(
+                            data=torch.from_numpy(values), field=configs[name].field
+                        )
+                        for name, values in fields.items()
+                    }
+                )
+            )
+            candidates = int(fields["kind"][0]) == CANDIDATES_ITEM
+            nonce = uuid.uuid4().hex if candidates else ""
+            hashes.append(_item_hash(self.info.model_id, fields, nonce))
+            placeholders.append(
+                PlaceholderRange(offset=offset, length=len(fields["values"]))
+            )
+        return compat.mm_input(
+            prompt_token_ids=token_ids(request, config),
+            mm_kwargs=MultiModalKwargsItems({MODALITY: kwargs_items}),
+            mm_hashes={MODALITY: hashes},
+            mm_placeholders={MODALITY: placeholders},
+        )

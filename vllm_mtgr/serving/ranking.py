@@ -1,0 +1,84 @@
+"""Ranking over vLLM's `/pooling` endpoint: an IO-processor plugin.
+
+A ranking model's config.json names this plugin (`"io_processor_plugin":
+"mtgr_ranking"`), so `vllm serve` loads it without flags. Online:
+
+    POST /pooling {"model": ..., "data": <request or list of requests>}
+
+Offline: `LLM.encode({"data": ...}, pooling_task="plugin")`. A request:
+
+    {"profile": [3, 17],                        # one value per profile feature
+     "history":  {"items": [...], "timestamps": [...], "actions": [...]},
+     "realtime": {"items": [...], "timestamps": [...], "actions": [...]},
+     "candidates": {"items": [...], "features": [[...], ...]},
+     "request_timestamp": 978310000}
+
+The response data: {"tasks": [...], "results": [{"items": [...], "scores":
+{task: [one probability per candidate]}, "num_cached_tokens": n}, ...]},
+one result per request, in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from vllm import PoolingParams
+from vllm.plugins.io_processors.interface import IOProcessor
+
+from vllm_mtgr.errors import RequestError
+from vllm_mtgr.ranking_multimodal import MODALITY
+from vllm_mtgr.ranking_request import RankingRequest, parse_ranking_request, token_ids
+
+PLUGIN_NAME = "mtgr_ranking"
+
+
+def io_processor() -> str:
+    """The `vllm.io_processor_plugins` entry point: the processor's class path."""
+    return "vllm_mtgr.serving.ranking.RankingIOProcessor"
+
+
+class RankingIOProcessor(IOProcessor):
+    def __init__(self, vllm_config: Any, renderer: Any) -> None:
+        super().__init__(vllm_config, renderer)
+        self.config = vllm_config.model_config.hf_config
+
+    def parse_data(self, data: object) -> list[tuple[dict, RankingRequest]]:
+        batch = data if isinstance(data, list) else [data]
+        if not batch:
+            raise RequestError("`data` holds no ranking request", "data")
+        return [(raw, parse_ranking_request(raw, self.config)) for raw in batch]
+
+    def merge_pooling_params(self, params: PoolingParams | None = None):
+        params = params or PoolingParams()
+        params.task = "plugin"
+        # The history is reused from the prefix cache; the pooler reads only
+        # candidates, which are always computed (see ranking_multimodal).
+        params.skip_reading_prefix_cache = False
+        return params
+
+    def pre_process(self, prompt, request_id=None, **kwargs) -> list[dict]:
+        return [
+            {
+                "prompt_token_ids": token_ids(request, self.config),
+                "multi_modal_data": {MODALITY: raw},
+            }
+            for raw, request in prompt
+        ]
+
+    def post_process(
+        self, model_output: Sequence[Any], request_id=None, **kwargs
+    ) -> dict:
+        tasks = list(self.config.task_names)
+        results = []
+        for output in model_output:
+            scores = output.outputs.data.tolist()
+            results.append(
+                {
+                    "scores": {
+                        task: [row[t] for row in scores] for t, task in enumerate(tasks)
+                    },
+                    "num_cached_tokens": output.num_cached_tokens,
+                }
+            )
+        return {"tasks": tasks, "results": results}
