@@ -7,6 +7,7 @@ import os
 import runpy
 import sys
 from importlib.metadata import distributions
+from pathlib import Path
 
 PLUGIN_NAME = "mtgr"
 _ENDPOINT_GROUP = "vllm.endpoint_plugins"
@@ -44,6 +45,41 @@ def _create(args: argparse.Namespace) -> None:
         raise SystemExit("vllm-mtgr create: give a PRESET and --out (or --list)")
     out = create(args.preset, args.out, args.config_only, args.dtype, args.seed)
     print(f"wrote {out}")
+
+
+def _export_head(args: argparse.Namespace) -> None:
+    from vllm_mtgr.config import MTGRConfig
+    from vllm_mtgr.trt import onnx_export, triton_repository
+
+    head = onnx_export.load_scoring_head(args.model)
+    config = MTGRConfig.from_pretrained(args.model)
+    model_file = onnx_export.export_onnx(head, args.out / "scoring_head.onnx")
+    if args.tensorrt:
+        from vllm_mtgr.trt.tensorrt_engine import EngineShapes, build_engine
+
+        calibration = None
+        if args.calibration_data is not None:
+            from safetensors.torch import load_file
+
+            # Candidate hidden states [batches, candidates, hidden] as the head
+            # sees them in serving; each row is one calibration batch.
+            states = load_file(args.calibration_data)[onnx_export.INPUT]
+            calibration = (batch[None].cuda() for batch in states.float())
+        model_file = build_engine(
+            model_file,
+            args.out / f"scoring_head-{args.tensorrt}.plan",
+            EngineShapes(config.hidden_size, max_candidates=config.max_candidates),
+            precision=args.tensorrt,
+            calibration_batches=calibration,
+            calibration_cache=args.calibration_cache,
+        )
+    repository = triton_repository.write_repository(
+        args.out / "model_repository",
+        model_file,
+        config.hidden_size,
+        len(config.task_names),
+    )
+    print(f"wrote {model_file} and {repository}")
 
 
 def plugin_allowlist(current: str | None) -> str:
@@ -114,6 +150,29 @@ def main(argv: list[str] | None = None) -> None:
     create.add_argument("--dtype", default="bfloat16")
     create.add_argument("--seed", type=int, default=0)
 
+    export = commands.add_parser(
+        "export-head",
+        help="export a ranking model's scoring head: ONNX, TensorRT, Triton repo",
+    )
+    export.add_argument("model", help="an MTGRForRanking model directory")
+    export.add_argument("--out", type=Path, required=True)
+    export.add_argument(
+        "--tensorrt",
+        choices=["fp16", "int8"],
+        help="also build a TensorRT engine (needs TensorRT 10 and a GPU)",
+    )
+    export.add_argument(
+        "--calibration-cache",
+        type=Path,
+        help="int8: the calibration cache, read if present, else written",
+    )
+    export.add_argument(
+        "--calibration-data",
+        type=Path,
+        help="int8: a safetensors file whose 'candidates' tensor "
+        "[batches, candidates, hidden] fills an absent cache",
+    )
+
     serve = commands.add_parser(
         "serve",
         help="run vLLM's OpenAI server with vllm-mtgr's endpoints enabled; "
@@ -128,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     elif args.command == "convert":
         _convert(args)
+    elif args.command == "export-head":
+        _export_head(args)
     else:
         _create(args)
 

@@ -27,6 +27,14 @@ class ScoringHead(nn.Module):
         self.b2 = nn.Parameter(torch.empty(num_tasks))
 
     def forward(self, candidates: torch.Tensor) -> torch.Tensor:
-        normed = F.layer_norm(candidates, candidates.shape[-1:], eps=self.eps)
-        hidden = F.silu(torch.einsum("...d,tdh->...th", normed, self.w1) + self.b1)
-        return torch.sigmoid((hidden * self.w2).sum(-1) + self.b2)
+        tasks, hidden_size, head_size = self.w1.shape
+        normed = F.layer_norm(candidates, (hidden_size,), eps=self.eps)
+        # All tasks at once as two matmuls (the second block-diagonal), so the
+        # exported graph is MatMul/Add only, with no reshape of dynamic axes.
+        w1 = self.w1.permute(1, 0, 2).reshape(hidden_size, tasks * head_size)
+        hidden = F.silu(normed @ w1 + self.b1.reshape(tasks * head_size))
+        eye = torch.eye(tasks, dtype=self.w2.dtype, device=self.w2.device)
+        w2 = (self.w2.unsqueeze(-1) * eye.unsqueeze(1)).reshape(
+            tasks * head_size, tasks
+        )
+        return torch.sigmoid(hidden @ w2 + self.b2)
