@@ -34,7 +34,8 @@ def test_wheel_installs_everything_under_vllm_mtgr(tmp_path):
         "vllm_mtgr/kernels/reference.py",
         "vllm_mtgr/kernels/paged_torch.py",
         "vllm_mtgr/converters/meta_hstu.py",
-        "vllm_mtgr/trt/__init__.py",
+        "vllm_mtgr/trt/onnx_export.py",
+        "vllm_mtgr/trt/tensorrt_engine.py",
     ]:
         assert module in names, module
     assert not any(n.split("/")[0] in {"kernels", "converters", "trt"} for n in names)
@@ -42,4 +43,5 @@ def test_wheel_installs_everything_under_vllm_mtgr(tmp_path):
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[vllm.general_plugins]\nmtgr = vllm_mtgr:register" in text
     assert "[vllm.endpoint_plugins]" in text
+    assert "[vllm.io_processor_plugins]" in text
     assert "vllm-mtgr = vllm_mtgr.cli:main" in text
