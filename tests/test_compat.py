@@ -79,3 +79,20 @@ def test_multimodal_and_sampling_hooks_exist():
 
     assert MultiModalFieldConfig.batched("events", keep_on_cpu=True).field.keep_on_cpu
     assert callable(process_dict_updates)
+
+
+def test_item_tokenizer_counts_separators_and_pickles(tiny_model):
+    import pickle
+
+    from vllm.tokenizers.registry import TokenizerRegistry
+
+    tokenizer = TokenizerRegistry.load_tokenizer_cls(
+        compat.TOKENIZER_MODE
+    ).from_pretrained(str(tiny_model.model_dir))
+    longest = max(len(token) for token in tokenizer.get_vocab())
+    assert tokenizer.max_chars_per_token == 2 * (longest + 1)
+    text = "item_1   item_300"
+    assert tokenizer(text).input_ids == [1, 300]
+    restored = pickle.loads(pickle.dumps(tokenizer))
+    assert restored.max_chars_per_token == tokenizer.max_chars_per_token
+    assert restored(text).input_ids == [1, 300]

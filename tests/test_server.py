@@ -90,6 +90,20 @@ def test_plain_history_without_timestamps(client, tiny_model):
     )
 
 
+def test_full_length_history_of_the_longest_item_tokens(client):
+    # One token short of the context (one is generated), every item token as
+    # long as any: vLLM's character pre-check must count the separators.
+    longest = TINY["num_items"]
+    history = [longest] * (TINY["max_sequence_len"] - 1)
+    response = client.completions.create(
+        model="tiny-hstu",
+        prompt=_text(history),
+        max_tokens=1,
+        extra_body={"timestamps": list(range(len(history)))},
+    )
+    assert response.usage.prompt_tokens == len(history)
+
+
 def test_seen_items_allowed_on_request(client, tiny_model):
     history = [5, 17, 42]
     timestamps = [10, 20, 30]

@@ -18,7 +18,8 @@ VLLM_VERSION = Version(vllm.__version__.split("+")[0])
 MIN_VLLM = Version("0.26.0")
 
 # A tokenizer mode that loads the model's tokenizer.json with vLLM's own HF
-# tokenizer and selects `vllm_mtgr.renderer.MTGRRenderer` for it.
+# tokenizer (`vllm_mtgr.tokenizer.ItemTokenizer`) and selects
+# `vllm_mtgr.renderer.MTGRRenderer` for it.
 TOKENIZER_MODE = "mtgr"
 SEEN_ITEMS_PROCESSOR = "vllm_mtgr.logits_processor:SeenItemsExclusion"
 # vLLM's default cap on `logprobs` (20) is below the top-50 that retrieval
@@ -50,7 +51,7 @@ def register_tokenizer_mode() -> None:
 
     if TOKENIZER_MODE not in TokenizerRegistry.tokenizers:
         TokenizerRegistry.register(
-            TOKENIZER_MODE, "vllm.tokenizers.hf", "CachedHfTokenizer"
+            TOKENIZER_MODE, "vllm_mtgr.tokenizer", "ItemTokenizer"
         )
     if TOKENIZER_MODE not in RENDERER_REGISTRY.renderers:
         RENDERER_REGISTRY.register(TOKENIZER_MODE, "vllm_mtgr.renderer", "MTGRRenderer")

@@ -53,3 +53,43 @@ def write_tokenizer(
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     special = {"pad_token": PAD_TOKEN, "unk_token": UNK_TOKEN}
     (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+
+
+class ItemTokenizer:
+    """The `mtgr` tokenizer mode: vLLM's cached Hugging Face tokenizer whose
+    `max_chars_per_token` allows for the whitespace between items.
+
+    Before tokenising a text prompt, vLLM rejects it if it has more than
+    `max_input_tokens * max_chars_per_token` characters, counting no
+    separators: a full-length history of the longest item tokens is then
+    refused as too long. Each item may bring one separator and as many
+    characters again of extra whitespace; the exact limit in tokens is still
+    checked after tokenising.
+    """
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        from vllm.tokenizers.hf import CachedHfTokenizer
+
+        return allow_separators(CachedHfTokenizer.from_pretrained(*args, **kwargs))
+
+
+def allow_separators(tokenizer):
+    base = type(tokenizer)
+    limit = 2 * (tokenizer.max_chars_per_token + 1)
+
+    class SeparatedItemTokenizer(base):
+        @property
+        def max_chars_per_token(self) -> int:
+            return limit
+
+        def __reduce__(self):
+            rebuild, args = base.__reduce__(self)[:2]
+            return _rebuild_separated, (rebuild, args)
+
+    tokenizer.__class__ = SeparatedItemTokenizer
+    return tokenizer
+
+
+def _rebuild_separated(rebuild, args):
+    return allow_separators(rebuild(*args))
