@@ -55,7 +55,12 @@ def oracle_lists(model_dir: Path, test: list[Query]) -> list[list[int]]:
 def offline_lists(model_dir: Path, test: list[Query]) -> list[list[int]]:
     from vllm import LLM, SamplingParams
 
-    llm = LLM(str(model_dir), enforce_eager=True, gpu_memory_utilization=0.3)
+    llm = LLM(
+        str(model_dir),
+        dtype="float32",
+        enforce_eager=True,
+        gpu_memory_utilization=0.3,
+    )
     params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=TOP_K)
     prompts = [
         history_prompt(q.history, q.times, request_timestamp=q.target_time)
@@ -84,6 +89,8 @@ def _start_server(model_dir: Path, log: Path) -> tuple[subprocess.Popen, int]:
         str(model_dir),
         "--port",
         str(port),
+        "--dtype",
+        "float32",
         "--enforce-eager",
         "--gpu-memory-utilization",
         "0.3",
@@ -153,9 +160,12 @@ def main() -> None:
     args = parser.parse_args()
 
     test = queries(load_sequences(args.dataset), "test", MAX_LEN)[: args.users]
+    # vLLM forks its engine: build it before this process starts any thread
+    # pool (the oracle's OpenMP threads), so it runs first.
+    offline = offline_lists(args.model, test)
     results = {
         "oracle": oracle_lists(args.model, test),
-        "offline": offline_lists(args.model, test),
+        "offline": offline,
         "server": server_lists(args.model, test, args.base_url),
     }
     table = {name: metrics(_ranks(lists, test)) for name, lists in results.items()}

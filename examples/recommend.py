@@ -7,13 +7,16 @@
     python examples/recommend.py --history item_1 item_50 item_181 \
         --timestamps 874965758 874965954 874966142
 
-Prints the top-k next items with their scores (log-probabilities); with the
-MovieLens data beside the project, also the movie titles.
+Prints the top-k next items with their scores (log-probabilities) and titles:
+from the model directory's items.json (`vllm-mtgr convert --items`) when
+`--model-dir` is given, else from the MovieLens-100K data beside the project.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from movielens import DATA_DIR, item_titles, load_sequences
 from openai import OpenAI
@@ -41,6 +44,7 @@ def main() -> None:
     parser.add_argument("--timestamps", nargs="+", type=int, help="one per item")
     parser.add_argument("--max-history", type=int, default=200)
     parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--model-dir", type=Path, help="for items.json titles")
     args = parser.parse_args()
 
     if args.movielens_user is not None:
@@ -58,7 +62,12 @@ def main() -> None:
         # Seen items are excluded by default; "exclude_seen": False keeps them.
         extra_body={"timestamps": timestamps} if timestamps else {},
     )
-    titles = item_titles(DATASET) if (DATA_DIR / "ml-100k").exists() else {}
+    titles = {}
+    if args.model_dir and (args.model_dir / "items.json").exists():
+        catalogue = json.loads((args.model_dir / "items.json").read_text())
+        titles = {int(item): title for item, title in catalogue.items()}
+    elif (DATA_DIR / "ml-100k").exists():
+        titles = item_titles(DATASET)
     top = response.choices[0].logprobs.top_logprobs[0]
     print(f"top {len(top)} next items after a history of {len(history)} events:")
     ranked = sorted(top.items(), key=lambda entry: -entry[1])

