@@ -14,12 +14,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
-from vllm_mtgr.converters import mtgr_ranking
-from vllm_mtgr.converters.meta_hstu import ConversionOptions, convert
-from vllm_mtgr.kernels.reference import HSTUReference, MTGRReference
 
-from vllm_mtgr.config import MTGRConfig
+if not torch.cuda.is_available():
+    # Without a GPU, Triton kernels run only under its interpreter. Triton reads
+    # the switch once for its own library (tl.sum, ...) when first imported, and
+    # the vLLM imports below import it: set it first.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from safetensors.torch import save_file  # noqa: E402
+from vllm_mtgr.converters import mtgr_ranking  # noqa: E402
+from vllm_mtgr.converters.meta_hstu import ConversionOptions, convert  # noqa: E402
+from vllm_mtgr.kernels.reference import HSTUReference, MTGRReference  # noqa: E402
+
+from vllm_mtgr.config import MTGRConfig  # noqa: E402
 
 # Small but not degenerate: 2 heads, q/k and v widths differ, 2 blocks.
 TINY = dict(
