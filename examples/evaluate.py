@@ -19,6 +19,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -112,7 +113,8 @@ def server_lists(
 
     server = None
     if base_url is None:
-        server, port = _start_server(model_dir, Path("evaluate-server.log"))
+        log = Path(tempfile.gettempdir()) / "vllm-mtgr-evaluate-server.log"
+        server, port = _start_server(model_dir, log)
         base_url = f"http://127.0.0.1:{port}/v1"
     client = OpenAI(base_url=base_url, api_key="unused")
     deadline = time.time() + 600
@@ -122,7 +124,7 @@ def server_lists(
             break
         except APIConnectionError:
             if server is not None and server.poll() is not None:
-                raise SystemExit("server exited; see evaluate-server.log") from None
+                raise SystemExit(f"server exited; see {log}") from None
             if time.time() > deadline:
                 raise
             time.sleep(2)
