@@ -104,7 +104,9 @@ class RankingProcessingInfo(BaseProcessingInfo):
     def get_mm_max_tokens_per_item(
         self, seq_len: int, mm_counts: Mapping[str, int]
     ) -> Mapping[str, int]:
-        return {MODALITY: self.get_hf_config().max_position_embeddings}
+        # A request is one item, so it is never longer than the served length
+        # (`--max-model-len` may be below the model's own maximum).
+        return {MODALITY: min(self.get_hf_config().max_position_embeddings, seq_len)}
 
 
 class RankingDummyInputsBuilder(BaseDummyInputsBuilder[RankingProcessingInfo]):
@@ -117,9 +119,8 @@ class RankingDummyInputsBuilder(BaseDummyInputsBuilder[RankingProcessingInfo]):
         if not mm_counts.get(MODALITY):
             return {}
         config = self.info.get_hf_config()
-        history = max(
-            config.max_position_embeddings - config.num_profile_features - 1, 0
-        )
+        longest = min(config.max_position_embeddings, seq_len)
+        history = max(longest - config.num_profile_features - 1, 0)
         return {
             MODALITY: {
                 "profile": [0] * config.num_profile_features,
