@@ -1,0 +1,538 @@
+"""End-to-end serving through vLLM: vllm-mtgr against a Llama, and the peers.
+
+    python benchmarks/serve.py --out benchmarks/results          # a GPU, one call
+    python benchmarks/serve.py --smoke --out /tmp/serve-smoke    # CPU, tiny shapes
+
+1. Retrieval, `mtgr-8b` (dummy weights) against a Llama of the same width and
+   depth (dummy weights, vLLM's default attention: FlashAttention 3 on
+   Hopper), each in its own engine:
+   - prefill tokens/s: many long prompts at once, one output token each;
+   - ranking-style requests (a 1024-event history in, one step with the top
+     100 items out): requests/s with all sent at once, then p50/p99 latency
+     under Poisson arrivals at three rates;
+   - a returning user: 1024 cached events plus 16 new ones, against the same
+     1040-event request cold.
+2. The DLRMv3 peer workload on `mtgr-rank-dlrmv3`: 32 users x (1024 history +
+   2048 candidates) scored in one engine step, against Meta's published
+   9.30 ms per forward (10.6 M tokens/s); then the same users again with
+   their histories cached.
+Each section runs in a fresh process (vLLM forks its engine; GPU memory is
+returned between engines). Prints tables and writes them (markdown + JSON)
+with device, versions and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+PEER_MS = 9.30  # Meta DLRMv3, per forward of 32 x (1024 + 2048) tokens
+PEER_TOKENS_PER_S = 10.6e6
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Shapes of every measurement (the defaults are the issue's)."""
+
+    retrieval_preset: str = "mtgr-8b"
+    ranking_preset: str = "mtgr-rank-dlrmv3"
+    dtype: str = "bfloat16"
+    gpu_memory_utilization: float = 0.85
+    max_num_batched_tokens: int = 16384
+    prefill_prompts: int = 64
+    prefill_length: int = 2048
+    history: int = 1024
+    top_k: int = 100
+    saturation_requests: int = 256
+    rate_fractions: tuple[float, ...] = (0.25, 0.5, 0.8)
+    rate_requests: int = 200
+    new_events: int = 16
+    returning_users: int = 8
+    peer_users: int = 32
+    peer_history: int = 1024
+    peer_candidates: int = 2048
+    peer_repeats: int = 5
+
+
+SMOKE = Workload(
+    retrieval_preset="mtgr-small",
+    ranking_preset="mtgr-rank-small",
+    dtype="float32",
+    gpu_memory_utilization=0.3,
+    max_num_batched_tokens=2048,
+    prefill_prompts=4,
+    prefill_length=128,
+    # Longer than one CPU KV block (128 tokens), so that caching shows.
+    history=200,
+    top_k=10,
+    saturation_requests=8,
+    rate_requests=6,
+    returning_users=2,
+    peer_users=2,
+    peer_history=200,
+    peer_candidates=32,
+    peer_repeats=2,
+)
+
+
+# --- models -----------------------------------------------------------------
+
+
+def write_mtgr(preset: str, out: Path, dtype: str) -> Path:
+    from vllm_mtgr.converters.presets import create
+
+    return create(preset, out, config_only=True, dtype=dtype)
+
+
+def write_llama(mtgr_dir: Path, out: Path, dtype: str) -> Path:
+    """A Llama with the HSTU model's width, depth, heads and head size."""
+    mtgr = json.loads((mtgr_dir / "config.json").read_text())
+    hidden = mtgr["hidden_size"]
+    out.mkdir(parents=True, exist_ok=True)
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "num_hidden_layers": mtgr["num_hidden_layers"],
+        "num_attention_heads": mtgr["num_attention_heads"],
+        "num_key_value_heads": mtgr["num_attention_heads"],
+        "head_dim": mtgr["attention_dim"],
+        # Llama's MLP width (8/3 of the hidden size, rounded to 256).
+        "intermediate_size": round(8 * hidden / 3 / 256) * 256,
+        "vocab_size": 32000,
+        "max_position_embeddings": mtgr["max_position_embeddings"],
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "torch_dtype": dtype,
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
+def engine_kwargs(
+    model: Path, work: Workload, max_model_len: int, tokenizer: bool = True
+) -> dict:
+    return dict(
+        model=str(model),
+        load_format="dummy",
+        dtype=work.dtype,
+        max_model_len=max_model_len,
+        max_num_batched_tokens=max(work.max_num_batched_tokens, max_model_len),
+        gpu_memory_utilization=work.gpu_memory_utilization,
+        max_logprobs=work.top_k,
+        enable_prefix_caching=True,
+        skip_tokenizer_init=not tokenizer,  # the Llama has none
+    )
+
+
+# --- requests ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Histories:
+    """Random user histories for one model (items, timestamps)."""
+
+    is_mtgr: bool
+    vocab: int
+    rng: random.Random
+
+    def user(self, length: int) -> tuple[list[int], list[int]]:
+        items = [self.rng.randint(1, self.vocab) for _ in range(length)]
+        start = self.rng.randint(1_000_000_000, 1_700_000_000)
+        times = sorted(start + self.rng.randint(0, 90 * 86400) for _ in range(length))
+        return items, times
+
+    def prompt(self, items: list[int], times: list[int]) -> dict:
+        if not self.is_mtgr:
+            return {"prompt_token_ids": items}
+        from vllm_mtgr.prompts import history_prompt
+
+        return history_prompt(items, times, request_timestamp=times[-1] + 60)
+
+
+def scoring_step(work: Workload):
+    """One generation step returning the top-k items, ids only."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        max_tokens=1, temperature=0.0, logprobs=work.top_k, detokenize=False
+    )
+
+
+async def _request(engine, prompt: dict, params, request_id: str):
+    final = None
+    async for output in engine.generate(prompt, params, request_id):
+        final = output
+    return final
+
+
+async def timed(engine, prompt: dict, params, request_id: str):
+    start = time.perf_counter()
+    output = await _request(engine, prompt, params, request_id)
+    return time.perf_counter() - start, output
+
+
+def start_engine(model: Path, work: Workload, is_mtgr: bool, max_model_len: int):
+    """An `AsyncLLM` for `model` and a source of random histories for it."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    config = json.loads((model / "config.json").read_text())
+    vocab = config["num_items"] if is_mtgr else config["vocab_size"] - 1
+    args = engine_kwargs(model, work, max_model_len, tokenizer=is_mtgr)
+    engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+    return engine, Histories(is_mtgr, vocab, random.Random(max_model_len))
+
+
+async def retrieval_section(model: Path, work: Workload, is_mtgr: bool) -> dict:
+    longest = max(work.prefill_length, work.history + work.new_events)
+    engine, histories = start_engine(model, work, is_mtgr, longest + 8)
+    one_step = scoring_step(work)
+    ids = iter(range(10**9))
+    result: dict = {}
+    try:
+        # Warm-up: compile and capture on the shapes measured below.
+        await asyncio.gather(*[
+            _request(engine, histories.prompt(*histories.user(n)), one_step,
+                     f"warm-{next(ids)}")
+            for n in (work.prefill_length, work.history, work.history)
+        ])  # fmt: skip
+
+        prompts = [
+            histories.prompt(*histories.user(work.prefill_length))
+            for _ in range(work.prefill_prompts)
+        ]
+        start = time.perf_counter()
+        await asyncio.gather(
+            *[_request(engine, p, one_step, f"p-{next(ids)}") for p in prompts]
+        )
+        seconds = time.perf_counter() - start
+        result["prefill_tokens_per_s"] = (
+            work.prefill_prompts * work.prefill_length / seconds
+        )
+
+        prompts = [
+            histories.prompt(*histories.user(work.history))
+            for _ in range(work.saturation_requests)
+        ]
+        start = time.perf_counter()
+        await asyncio.gather(
+            *[_request(engine, p, one_step, f"s-{next(ids)}") for p in prompts]
+        )
+        result["requests_per_s"] = work.saturation_requests / (
+            time.perf_counter() - start
+        )
+
+        result["returning"] = await returning_user(
+            engine, histories, one_step, work, ids
+        )
+    finally:
+        engine.shutdown()
+    return result
+
+
+async def returning_user(engine, histories, params, work: Workload, ids) -> dict:
+    """Median latency of 1024 + 16 events: cold, and with the 1024 cached."""
+    total = work.history + work.new_events
+    cold, warm, cached = [], [], []
+    for _ in range(work.returning_users):
+        items, times = histories.user(total)
+        seconds, _ = await timed(
+            engine, histories.prompt(items, times), params, f"c-{next(ids)}"
+        )
+        cold.append(seconds)
+        items, times = histories.user(total)
+        first = histories.prompt(items[: work.history], times[: work.history])
+        await _request(engine, first, params, f"w0-{next(ids)}")
+        seconds, output = await timed(
+            engine, histories.prompt(items, times), params, f"w-{next(ids)}"
+        )
+        warm.append(seconds)
+        cached.append(output.num_cached_tokens)
+    return {
+        "cold_ms": 1e3 * statistics.median(cold),
+        "warm_ms": 1e3 * statistics.median(warm),
+        "warm_over_cold": statistics.median(warm) / statistics.median(cold),
+        "cached_tokens": statistics.median(cached),
+    }
+
+
+async def arrive(engine, prompt: dict, params, request_id: str, delay: float):
+    """Send `prompt` after `delay` seconds; its latency from then."""
+    await asyncio.sleep(delay)
+    return (await timed(engine, prompt, params, request_id))[0]
+
+
+async def rate_section(model: Path, work: Workload, is_mtgr: bool, rates) -> dict:
+    """p50/p99 latency of ranking-style requests under Poisson arrivals."""
+    engine, histories = start_engine(model, work, is_mtgr, work.history + 8)
+    params = scoring_step(work)
+    rng = random.Random(2)
+    rows = {}
+    try:
+        await _request(
+            engine, histories.prompt(*histories.user(work.history)), params, "warm"
+        )
+        for rate in rates:
+            prompts = [
+                histories.prompt(*histories.user(work.history))
+                for _ in range(work.rate_requests)
+            ]
+
+            delays, clock = [], 0.0
+            for _ in prompts:
+                clock += rng.expovariate(rate)
+                delays.append(clock)
+            start = time.perf_counter()
+            latencies = await asyncio.gather(*[
+                arrive(engine, prompt, params, f"r{rate}-{i}", delay)
+                for i, (prompt, delay) in enumerate(zip(prompts, delays, strict=True))
+            ])  # fmt: skip
+            wall = time.perf_counter() - start
+            latencies = sorted(latencies)
+            rows[f"{rate:.4g}"] = {
+                "p50_ms": 1e3 * latencies[len(latencies) // 2],
+                "p99_ms": 1e3 * latencies[min(len(latencies) - 1,
+                                              int(0.99 * len(latencies)))],
+                "achieved_per_s": len(latencies) / wall,
+            }  # fmt: skip
+    finally:
+        engine.shutdown()
+    return rows
+
+
+# --- the DLRMv3 peer workload -------------------------------------------------
+
+
+def ranking_users(config: dict, work: Workload, rng: random.Random) -> list[dict]:
+    users = []
+    for _ in range(work.peer_users):
+        start = rng.randint(1_000_000_000, 1_700_000_000)
+        times = sorted(
+            start + rng.randint(0, 90 * 86400) for _ in range(work.peer_history)
+        )
+        users.append(
+            {
+                "profile": [
+                    rng.randrange(config["profile_vocab_size"])
+                    for _ in range(config["num_profile_features"])
+                ],
+                "history": {
+                    "items": [
+                        rng.randint(1, config["num_items"])
+                        for _ in range(work.peer_history)
+                    ],
+                    "timestamps": times,
+                },
+                "candidates": {
+                    "items": [
+                        rng.randint(1, config["num_items"])
+                        for _ in range(work.peer_candidates)
+                    ],
+                    "features": [
+                        [rng.random() for _ in range(config["num_cross_features"])]
+                        for _ in range(work.peer_candidates)
+                    ],
+                },
+                "request_timestamp": times[-1] + 60,
+            }
+        )
+    return users
+
+
+def with_new_candidates(users: list[dict], config: dict, rng: random.Random):
+    """The same users (same profile and history) with fresh candidates."""
+    out = []
+    for user in users:
+        count = len(user["candidates"]["items"])
+        candidates = {
+            "items": [rng.randint(1, config["num_items"]) for _ in range(count)],
+            "features": user["candidates"]["features"],
+        }
+        out.append({**user, "candidates": candidates})
+    return out
+
+
+def peer_section(model: Path, work: Workload) -> dict:
+    from vllm import LLM
+
+    config = json.loads((model / "config.json").read_text())
+    length = config["num_profile_features"] + work.peer_history + work.peer_candidates
+    step_tokens = work.peer_users * length
+    kwargs = engine_kwargs(model, work, length)
+    kwargs.update(max_num_batched_tokens=step_tokens, max_num_seqs=work.peer_users)
+    kwargs.pop("max_logprobs")
+    llm = LLM(**kwargs)
+    rng = random.Random(3)
+
+    def rank(users: list[dict]) -> tuple[float, list[int]]:
+        start = time.perf_counter()
+        (output,) = llm.encode({"data": users}, pooling_task="plugin", use_tqdm=False)
+        seconds = time.perf_counter() - start
+        return seconds, [r["num_cached_tokens"] for r in output.outputs["results"]]
+
+    rank(ranking_users(config, work, rng))  # warm-up
+    cold, warm, cached = [], [], []
+    for _ in range(work.peer_repeats):
+        users = ranking_users(config, work, rng)
+        cold.append(rank(users)[0])
+        seconds, hits = rank(with_new_candidates(users, config, rng))
+        warm.append(seconds)
+        cached.append(statistics.median(hits))
+    cold_s, warm_s = statistics.median(cold), statistics.median(warm)
+    return {
+        "tokens_per_forward": step_tokens,
+        "cold_ms": 1e3 * cold_s,
+        "cold_tokens_per_s": step_tokens / cold_s,
+        "warm_ms": 1e3 * warm_s,
+        "warm_cached_tokens_per_user": statistics.median(cached),
+        "cold_over_peer": 1e3 * cold_s / PEER_MS,
+    }
+
+
+# --- driver -------------------------------------------------------------------
+
+
+def run_section(name: str, work: Workload, models: dict, rates=()) -> dict:
+    """One section in a fresh Python process; its result comes back as JSON."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as result:
+        command = [
+            sys.executable, __file__, "--section", name,
+            "--work", json.dumps(asdict(work)), "--models", json.dumps(models),
+            "--rates", json.dumps(list(rates)), "--result", result.name,
+        ]  # fmt: skip
+        subprocess.run(command, check=True)
+        return json.loads(Path(result.name).read_text())
+
+
+def section_main(args: argparse.Namespace) -> None:
+    raw = json.loads(args.work)
+    work = Workload(**{**raw, "rate_fractions": tuple(raw["rate_fractions"])})
+    models = {k: Path(v) for k, v in json.loads(args.models).items()}
+    rates = json.loads(args.rates)
+    kind, _, model = args.section.partition(":")
+    if kind == "retrieval":
+        out = asyncio.run(retrieval_section(models[model], work, model == "mtgr"))
+    elif kind == "rates":
+        out = asyncio.run(rate_section(models[model], work, model == "mtgr", rates))
+    else:
+        out = peer_section(models["ranking"], work)
+    Path(args.result).write_text(json.dumps(out))
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    def cell(value) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def header() -> str:
+    import vllm
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    return (
+        f"device: {device}; torch {torch.__version__}; vllm {vllm.__version__}; "
+        f"python {platform.python_version()}; date {time.strftime('%Y-%m-%d')}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["retrieval", "rates", "peer"]
+    )
+    parser.add_argument("--section", help=argparse.SUPPRESS)
+    for hidden in ("--work", "--models", "--rates", "--result"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.section:
+        section_main(args)
+        return
+
+    work = SMOKE if args.smoke else Workload()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        mtgr = write_mtgr(work.retrieval_preset, tmp / "mtgr", work.dtype)
+        models = {
+            "mtgr": str(mtgr),
+            "llama": str(write_llama(mtgr, tmp / "llama", work.dtype)),
+            "ranking": str(
+                write_mtgr(work.ranking_preset, tmp / "ranking", work.dtype)
+            ),
+        }
+        report = run(work, models, args.skip)
+    text = "\n\n".join([f"# End-to-end serving through vLLM\n\n{header()}", *report])
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"serve-{'smoke-' if args.smoke else ''}{time.strftime('%Y%m%d')}"
+    (args.out / f"{stem}.md").write_text(text + "\n")
+
+
+def run(work: Workload, models: dict, skip: list[str]) -> list[str]:
+    report = [f"Workload: `{json.dumps(asdict(work))}`"]
+    names = {"mtgr": work.retrieval_preset, "llama": "Llama, same width/depth"}
+    capacity = None
+    if "retrieval" not in skip:
+        results = {m: run_section(f"retrieval:{m}", work, models) for m in names}
+        rows = [
+            {
+                "model": names[m],
+                "prefill tok/s": r["prefill_tokens_per_s"],
+                "ranking-style req/s": r["requests_per_s"],
+                "returning ms": r["returning"]["warm_ms"],
+                "cold ms": r["returning"]["cold_ms"],
+                "returning / cold": r["returning"]["warm_over_cold"],
+                "cached tokens": r["returning"]["cached_tokens"],
+            }
+            for m, r in results.items()
+        ]
+        capacity = results["mtgr"]["requests_per_s"]
+        report.append(
+            f"## Retrieval: prefill ({work.prefill_prompts} x {work.prefill_length} "
+            f"tokens), ranking-style requests ({work.history} events, top "
+            f"{work.top_k}), returning user ({work.history} cached + "
+            f"{work.new_events} new)\n\n" + _table(rows, list(rows[0]))
+        )
+    if "rates" not in skip:
+        rates = [f * (capacity or 10.0) for f in work.rate_fractions]
+        rows = []
+        for m in names:
+            result = run_section(f"rates:{m}", work, models, rates)
+            rows += [{"model": names[m], "rate /s": float(rate), **row}
+                     for rate, row in result.items()]  # fmt: skip
+        report.append(
+            "## Latency under Poisson arrivals (rates: fractions of the HSTU "
+            "model's saturated requests/s)\n\n" + _table(rows, list(rows[0]))
+        )
+    if "peer" not in skip:
+        peer = run_section("peer", work, models)
+        report.append(
+            f"## DLRMv3 peer workload: {work.peer_users} users x "
+            f"({work.peer_history} history + {work.peer_candidates} candidates), "
+            f"`{work.ranking_preset}`; Meta's DLRMv3: {PEER_MS} ms per forward, "
+            f"{PEER_TOKENS_PER_S / 1e6:.1f} M tokens/s\n\n" + _table([peer], list(peer))
+        )
+    return report
+
+
+if __name__ == "__main__":
+    main()
