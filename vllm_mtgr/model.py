@@ -259,8 +259,8 @@ class MTGRForCausalLM(nn.Module, SupportsMultiModal, SupportsMRoPE):
         return None
 
     def embed_multimodal(self, **kwargs: object) -> Sequence[torch.Tensor]:
-        item_ids = _as_list(kwargs["item_ids"])
-        actions = _as_list(kwargs["actions"])
+        item_ids = as_tensor_list(kwargs["item_ids"])
+        actions = as_tensor_list(kwargs["actions"])
         device = self.model.position_embedding.weight.device
         return [
             self.model.embed_events(ids.to(device), acts.to(device))
@@ -276,12 +276,7 @@ class MTGRForCausalLM(nn.Module, SupportsMultiModal, SupportsMRoPE):
         **_kwargs: object,
     ) -> torch.Tensor:
         embeds = self.model.embed_events(input_ids)
-        if multimodal_embeddings is not None and len(multimodal_embeddings) > 0:
-            assert is_multimodal is not None
-            embeds[is_multimodal.to(embeds.device)] = torch.cat(
-                list(multimodal_embeddings)
-            ).to(embeds.dtype)
-        return embeds
+        return merge_event_embeddings(embeds, multimodal_embeddings, is_multimodal)
 
     def get_mrope_input_positions(
         self, input_tokens: list[int], mm_features: list[object]
@@ -327,20 +322,42 @@ class MTGRForCausalLM(nn.Module, SupportsMultiModal, SupportsMRoPE):
         return logits
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        params = dict(self.named_parameters())
-        loaded: set[str] = set()
-        for name, tensor in weights:
-            if name not in params:
-                raise ValueError(f"checkpoint tensor {name!r} is not a model weight")
-            param = params[name]
-            loader = getattr(param, "weight_loader", default_weight_loader)
-            loader(param, tensor)
-            loaded.add(name)
+        loaded = load_weights_by_name(self, weights)
         self._inverse_item_norms = None
         return loaded
 
 
-def _as_list(batch: object) -> list[torch.Tensor]:
+def as_tensor_list(batch: object) -> list[torch.Tensor]:
+    """A batched multimodal field as one tensor per item (vLLM passes either)."""
     if isinstance(batch, torch.Tensor):
         return list(batch.unbind(0))
     return list(batch)  # type: ignore[arg-type]
+
+
+def merge_event_embeddings(
+    embeds: torch.Tensor,
+    multimodal_embeddings: Sequence[torch.Tensor] | None,
+    is_multimodal: torch.Tensor | None,
+) -> torch.Tensor:
+    """Write the per-item embeddings over the token embeddings they replace."""
+    if multimodal_embeddings is not None and len(multimodal_embeddings) > 0:
+        assert is_multimodal is not None
+        embeds[is_multimodal.to(embeds.device)] = torch.cat(
+            list(multimodal_embeddings)
+        ).to(embeds.dtype)
+    return embeds
+
+
+def load_weights_by_name(
+    module: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]
+) -> set[str]:
+    """Load checkpoint tensors named as the module's parameters; refuse others."""
+    params = dict(module.named_parameters())
+    loaded: set[str] = set()
+    for name, tensor in weights:
+        if name not in params:
+            raise ValueError(f"checkpoint tensor {name!r} is not a model weight")
+        param = params[name]
+        getattr(param, "weight_loader", default_weight_loader)(param, tensor)
+        loaded.add(name)
+    return loaded

@@ -21,7 +21,6 @@ from vllm.config import VllmConfig
 from vllm.model_executor.layers.pooler.abstract import Pooler
 from vllm.model_executor.layers.pooler.common import PoolingParamsUpdate
 from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
-from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.interfaces import SupportsMRoPE, SupportsMultiModal
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
@@ -34,7 +33,12 @@ from vllm_mtgr.events import (
     encode_ranking_rows,
     time_slots,
 )
-from vllm_mtgr.model import HSTUBlock
+from vllm_mtgr.model import (
+    HSTUBlock,
+    as_tensor_list,
+    load_weights_by_name,
+    merge_event_embeddings,
+)
 from vllm_mtgr.ranking_multimodal import (
     CANDIDATES_ITEM,
     CONTEXT_ITEM,
@@ -226,7 +230,7 @@ class MTGRForRanking(nn.Module, SupportsMultiModal, SupportsMRoPE):
     def embed_multimodal(self, **kwargs: object) -> Sequence[torch.Tensor]:
         device = self.model.position_embedding.weight.device
         names = ("kind", "values", "actions", "features")
-        per_item = zip(*(_as_list(kwargs[name]) for name in names), strict=True)
+        per_item = zip(*(as_tensor_list(kwargs[name]) for name in names), strict=True)
         return [
             self.model.embed_item(
                 int(kind[0]),
@@ -248,12 +252,7 @@ class MTGRForRanking(nn.Module, SupportsMultiModal, SupportsMRoPE):
         **_kwargs: object,
     ) -> torch.Tensor:
         embeds = self.model.embed_input_ids(input_ids)
-        if multimodal_embeddings is not None and len(multimodal_embeddings) > 0:
-            assert is_multimodal is not None
-            embeds[is_multimodal.to(embeds.device)] = torch.cat(
-                list(multimodal_embeddings)
-            ).to(embeds.dtype)
-        return embeds
+        return merge_event_embeddings(embeds, multimodal_embeddings, is_multimodal)
 
     def get_mrope_input_positions(
         self, input_tokens: list[int], mm_features: list[object]
@@ -287,18 +286,4 @@ class MTGRForRanking(nn.Module, SupportsMultiModal, SupportsMRoPE):
         return self.model(input_ids, positions, inputs_embeds)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        params = dict(self.named_parameters())
-        loaded: set[str] = set()
-        for name, tensor in weights:
-            if name not in params:
-                raise ValueError(f"checkpoint tensor {name!r} is not a model weight")
-            param = params[name]
-            getattr(param, "weight_loader", default_weight_loader)(param, tensor)
-            loaded.add(name)
-        return loaded
-
-
-def _as_list(batch: object) -> list[torch.Tensor]:
-    if isinstance(batch, torch.Tensor):
-        return list(batch.unbind(0))
-    return list(batch)  # type: ignore[arg-type]
+        return load_weights_by_name(self, weights)
