@@ -30,7 +30,8 @@ hash of a chunk covers everything its tokens' KV depends on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -175,6 +176,15 @@ def chunk_events(item_ids: Sequence[int], events: Events) -> list[EventChunk]:
         )
         for start in range(0, len(ids), EVENT_CHUNK_TOKENS)
     ]
+
+
+def content_hash(key: str, arrays: Mapping[str, np.ndarray]) -> str:
+    """The multimodal hash of an item: `key` (model, ...) and its named arrays."""
+    digest = hashlib.sha256(key.encode())
+    for name in sorted(arrays):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return digest.hexdigest()
 
 
 def encode_position_rows(

@@ -9,7 +9,6 @@ prefix-cache identity. Every history token lies in exactly one chunk.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -39,6 +38,7 @@ from vllm_mtgr.events import (
     Events,
     EventsError,
     chunk_events,
+    content_hash,
     parse_events,
 )
 from vllm_mtgr.tokenizer import item_token
@@ -146,11 +146,9 @@ def _fields_config() -> dict[str, MultiModalFieldConfig]:
 
 
 def _chunk_hash(model_id: str, chunk: EventChunk) -> str:
-    digest = hashlib.sha256(model_id.encode())
-    for name in ("key_times", "query_times", "actions"):
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(getattr(chunk, name)).tobytes())
-    return digest.hexdigest()
+    # What a chunk's KV depends on besides its item ids (already in the tokens).
+    fields = ("key_times", "query_times", "actions")
+    return content_hash(model_id, {name: getattr(chunk, name) for name in fields})
 
 
 class EventsMultiModalProcessor(BaseMultiModalProcessor[EventsProcessingInfo]):

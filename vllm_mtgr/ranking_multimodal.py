@@ -16,7 +16,6 @@ prompt from it and emits three kinds of items, all with the same fields:
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Mapping
 
@@ -37,7 +36,7 @@ from vllm.multimodal.processing import (
 )
 
 from vllm_mtgr import compat
-from vllm_mtgr.events import EVENT_CHUNK_TOKENS
+from vllm_mtgr.events import EVENT_CHUNK_TOKENS, content_hash
 from vllm_mtgr.ranking_request import (
     CANDIDATE,
     HISTORY,
@@ -218,14 +217,6 @@ def ranking_items(
     return items
 
 
-def _item_hash(model_id: str, fields: dict[str, np.ndarray], nonce: str) -> str:
-    digest = hashlib.sha256(f"{model_id}/{nonce}".encode())
-    for name in sorted(fields):
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(fields[name]).tobytes())
-    return digest.hexdigest()
-
-
 class RankingMultiModalProcessor(BaseMultiModalProcessor[RankingProcessingInfo]):
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs, **_kwargs):
         return _fields_config()
@@ -255,7 +246,7 @@ class RankingMultiModalProcessor(BaseMultiModalProcessor[RankingProcessingInfo])
             )
             candidates = int(fields["kind"][0]) == CANDIDATES_ITEM
             nonce = uuid.uuid4().hex if candidates else ""
-            hashes.append(_item_hash(self.info.model_id, fields, nonce))
+            hashes.append(content_hash(f"{self.info.model_id}/{nonce}", fields))
             placeholders.append(
                 PlaceholderRange(offset=offset, length=len(fields["values"]))
             )
