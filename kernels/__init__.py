@@ -30,35 +30,15 @@ def hstu_attention(
     See `paged_torch` for the layout contract; writes `output[..., :value_dim]`.
     `max_query_len` (a host int) lets the GPU path pick its decode kernel.
     """
+    args = (query, kv_cache, block_table, query_start_loc, seq_lens, pos_w, ts_w)
     if query.is_cuda:
         from .paged_triton import hstu_attention_triton
 
-        hstu_attention_triton(
-            query,
-            kv_cache,
-            block_table,
-            query_start_loc,
-            seq_lens,
-            pos_w,
-            ts_w,
-            params,
-            output,
-            max_query_len,
-        )
-        return
-    from .paged_torch import hstu_paged_attention
+        hstu_attention_triton(*args, params, output, max_query_len)
+    else:
+        from .paged_torch import hstu_paged_attention
 
-    hstu_paged_attention(
-        query,
-        kv_cache,
-        block_table,
-        query_start_loc,
-        seq_lens,
-        pos_w,
-        ts_w,
-        params,
-        output,
-    )
+        hstu_paged_attention(*args, params, output)
 
 
 def write_kv_cache(
