@@ -33,6 +33,23 @@ class AttentionCase:
     params: HSTUAttentionParams
     expected: torch.Tensor | None  # [T, H, dv]
 
+    def run(self, attention, *extra, **kwargs) -> torch.Tensor:
+        """`attention` over this case; the value part of its output.
+
+        The output buffer starts as NaN so that rows a kernel skips show.
+        """
+        out = torch.full(
+            (*self.query.shape[:2], self.params.cache_head_size),
+            float("nan"),
+            dtype=self.query.dtype,
+            device=self.query.device,
+        )
+        attention(
+            self.query, self.kv_cache, self.block_table, self.query_start_loc,
+            self.seq_lens, self.pos_w, self.ts_w, self.params, out, *extra, **kwargs,
+        )  # fmt: skip
+        return out[..., : self.params.value_dim]
+
 
 def key_limits_for(
     seq_len: int, context_end: int | None, candidate_start: int | None

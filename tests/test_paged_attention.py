@@ -23,25 +23,6 @@ MTGR_CASES = {
 }
 
 
-def _run(case) -> torch.Tensor:
-    out = torch.full(
-        (case.query.shape[0], case.query.shape[1], case.params.cache_head_size),
-        float("nan"),
-    )
-    hstu_attention(
-        case.query,
-        case.kv_cache,
-        case.block_table,
-        case.query_start_loc,
-        case.seq_lens,
-        case.pos_w,
-        case.ts_w,
-        case.params,
-        out,
-    )
-    return out[..., : case.params.value_dim]
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_matches_dense_reference(name):
     seq_lens, query_lens = CASES[name]
@@ -49,7 +30,7 @@ def test_matches_dense_reference(name):
     case = make_case(
         seq_lens, query_lens, generator=torch.Generator().manual_seed(seed)
     )
-    got = _run(case)
+    got = case.run(hstu_attention)
     assert not got.isnan().any(), f"seed {seed}"
     assert relative_error(got, case.expected) < 1e-5, f"seed {seed}"
 
@@ -65,7 +46,8 @@ def test_mtgr_masks(name):
         candidate_starts=candidates,
         generator=torch.Generator().manual_seed(seed),
     )
-    assert relative_error(_run(case), case.expected) < 1e-5, f"seed {seed}"
+    got = case.run(hstu_attention)
+    assert relative_error(got, case.expected) < 1e-5, f"seed {seed}"
 
 
 def test_kv_cache_write_follows_the_slot_mapping():

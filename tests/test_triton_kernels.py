@@ -40,29 +40,6 @@ def _seed() -> int:
     return random.randrange(2**31)
 
 
-def _run(case, max_query_len, **kwargs):
-    out = torch.full(
-        (case.query.shape[0], case.query.shape[1], case.params.cache_head_size),
-        float("nan"),
-        dtype=case.query.dtype,
-        device=DEVICE,
-    )
-    hstu_attention_triton(
-        case.query,
-        case.kv_cache,
-        case.block_table,
-        case.query_start_loc,
-        case.seq_lens,
-        case.pos_w,
-        case.ts_w,
-        case.params,
-        out,
-        max_query_len,
-        **kwargs,
-    )
-    return out[..., : case.params.value_dim]
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_prefill_kernel(name, dtype):
@@ -77,7 +54,7 @@ def test_prefill_kernel(name, dtype):
         device=DEVICE,
         generator=torch.Generator().manual_seed(seed),
     )
-    got = _run(case, max(query_lens))
+    got = case.run(hstu_attention_triton, max(query_lens))
     assert not got.isnan().any(), f"seed {seed}: unwritten output"
     assert relative_error(got, case.expected) < TOLERANCE[dtype], f"seed {seed}"
 
@@ -94,7 +71,7 @@ def test_decode_kernel_with_key_splits(dtype, splits):
         device=DEVICE,
         generator=torch.Generator().manual_seed(seed),
     )
-    got = _run(case, 1, num_splits=splits)
+    got = case.run(hstu_attention_triton, 1, num_splits=splits)
     assert not got.isnan().any(), f"seed {seed}"
     assert relative_error(got, case.expected) < TOLERANCE[dtype], f"seed {seed}"
 
@@ -112,7 +89,7 @@ def test_head_dims(dtype, dqk, dv):
         device=DEVICE,
         generator=torch.Generator().manual_seed(seed),
     )
-    got = _run(case, 20)
+    got = case.run(hstu_attention_triton, 20)
     assert relative_error(got, case.expected) < TOLERANCE[dtype], f"seed {seed}"
 
 
