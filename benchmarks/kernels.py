@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from attention_cases import make_case, relative_error  # noqa: E402
 from vllm_mtgr.kernels.paged_triton import (  # noqa: E402
     _rab,
-    _silu_scaled,
+    _silu_half,
     hstu_attention_triton,
 )
 
@@ -129,7 +129,8 @@ def _jagged_silu_attention(
     inv_normalizer, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Non-paged peer: contiguous K/V per sequence (as Meta's jagged kernel),
-    with the same arithmetic as the paged kernel (`_rab`, `_silu_scaled`)."""
+    with the same arithmetic as the paged kernel (`_rab`, `_silu_half`; the
+    caller halves the bias tables)."""
     seq = tl.program_id(0)
     block = tl.program_id(1)
     head = tl.program_id(2)
@@ -142,6 +143,8 @@ def _jagged_silu_attention(
     d = tl.arange(0, D)
     rows_q = (start + m).to(tl.int64) * stride_t + head * stride_h
     q = tl.load(Q + rows_q[:, None] + d[None, :], mask=m_ok[:, None], other=0.0)
+    q = q * 0.5
+    row_offset = max_len - 1 - tl.where(m_ok, m, 0)
     time_q = tl.load(TIMES + start + m, mask=m_ok, other=0)
     high_q, low_q = (time_q >> 16).to(tl.float32), (time_q & 0xFFFF).to(tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
@@ -154,12 +157,13 @@ def _jagged_silu_attention(
         time_k = tl.load(TIMES + start + n, mask=n_ok, other=0)
         high_k = (time_k >> 16).to(tl.float32)
         low_k = (time_k & 0xFFFF).to(tl.float32)
-        s = tl.dot(q, tl.trans(k))
-        s += _rab(n[None, :] - m[:, None], high_q, low_q, high_k, low_k, POS_W,
-                  TS_W, max_len, divisor, 128, True)  # fmt: skip
-        p = _silu_scaled(s, inv_normalizer, True)
+        a = tl.dot(q, tl.trans(k))
+        a += _rab(n[None, :] + row_offset[:, None], high_q, low_q, high_k, low_k,
+                  POS_W, TS_W, divisor, 128, True)  # fmt: skip
+        p = _silu_half(a, v.dtype, True)
         p = tl.where((n[None, :] <= m[:, None]) & n_ok[None, :], p, 0.0)
-        acc += tl.dot(p.to(v.dtype), v)
+        acc += tl.dot(p, v)
+    acc = acc * inv_normalizer
     out = OUT + rows_q[:, None] + d[None, :]
     tl.store(out, acc.to(OUT.dtype.element_ty), mask=m_ok[:, None])
 
@@ -186,8 +190,8 @@ def prefill_speed(matmul_tflops: float) -> list[dict]:
         k, v = torch.randn_like(q), torch.randn_like(q)
         cu = torch.arange(0, tokens + 1, length, device="cuda", dtype=torch.int32)
         times = torch.randint(0, 2**30, (tokens,), device="cuda", dtype=torch.int32)
-        pos_w = torch.randn(2 * length - 1, device="cuda")
-        ts_w = torch.randn(129, device="cuda")
+        pos_w = 0.5 * torch.randn(2 * length - 1, device="cuda")
+        ts_w = 0.5 * torch.randn(129, device="cuda")
         out = torch.empty_like(q)
         grid = (batch, triton.cdiv(length, 64), HEADS)
         ms = bench(
@@ -253,7 +257,8 @@ def decode_speed(copy_tbps: float) -> list[dict]:
 
 
 PREFILL_CONFIGS = [(64, 64, 8, 2), (64, 64, 8, 3), (64, 64, 4, 2), (128, 64, 8, 2),
-                   (64, 32, 4, 3), (64, 128, 8, 2), (32, 64, 4, 2)]  # fmt: skip
+                   (128, 32, 8, 2), (64, 32, 4, 3), (64, 128, 8, 2),
+                   (32, 64, 4, 2)]  # fmt: skip
 DECODE_CONFIGS = [(64, 4, 2), (64, 4, 3), (128, 4, 3), (128, 8, 3), (32, 4, 4),
                   (64, 8, 4)]  # fmt: skip
 

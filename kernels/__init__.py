@@ -48,7 +48,10 @@ def write_kv_cache(
     slot_mapping: torch.Tensor,
 ) -> None:
     """Store each token's key and value slots at `slot_mapping` (-1: skip)."""
-    from .paged_torch import write_kv_cache as write
+    if key.is_cuda:
+        from .paged_triton import write_kv_cache_triton as write
+    else:
+        from .paged_torch import write_kv_cache as write
 
     write(key, value, kv_cache, slot_mapping)
 

@@ -16,6 +16,7 @@ Same contract as `paged_torch` (layout, positions, key-limit masks). Kernels:
   simply summed (again: no softmax to renormalise).
 * `_gated_layer_norm_kernel`: `u * LayerNorm(attention)`, reading the
   attention output straight from the `[T, heads, cache_head_size]` buffer.
+* `_write_kv_kernel`: stores new keys and values in their cache slots.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ import triton.language as tl
 from .paged_torch import HSTUAttentionParams
 
 LN2 = tl.constexpr(0.6931471805599453)
+# a * (1 + tanh(a)) on two packed 16-bit values (sm_90 for bf16x2).
+SILU_HALF_BF16X2 = tl.constexpr(
+    "{ .reg .b32 t; tanh.approx.bf16x2 t, $1; fma.rn.bf16x2 $0, $1, t, $1; }"
+)
+SILU_HALF_F16X2 = tl.constexpr(
+    "{ .reg .b32 t; tanh.approx.f16x2 t, $1; fma.rn.f16x2 $0, $1, t, $1; }"
+)
 
 
 @triton.jit
@@ -70,24 +78,61 @@ def _fast_tanh(x):
 
 
 @triton.jit
-def _silu_scaled(s, inv_normalizer, FAST: tl.constexpr):
-    """silu(s) / N. Fast: s/2N * (1 + tanh(s/2)), one SFU op per element."""
+def _table(ptrs, FAST: tl.constexpr):
+    """Gather float32 table entries at `ptrs`, in the layout `ptrs` already has.
+
+    Fast: an inline load, which Triton's coalescing leaves alone: a plain
+    `tl.load` gets a coalesced layout of its own, and the 2D pointers and
+    results then cross shared memory (with barriers) to and from the layout
+    of the scores, per key block.
+    """
     if FAST:
-        half = 0.5 * s
-        return (half * inv_normalizer) * (1.0 + _fast_tanh(half))
-    return s * tl.sigmoid(s) * inv_normalizer
+        values = tl.inline_asm_elementwise(
+            "ld.global.nc.f32 $0, [$1];", "=r,l", [ptrs], dtype=tl.float32,
+            is_pure=True, pack=1,
+        )  # fmt: skip
+    else:
+        values = tl.load(ptrs)
+    return values
 
 
 @triton.jit
-def _rab(distance, high_q, low_q, high_k, low_k, POS_W, TS_W, max_len, divisor,
-         NUM_BUCKETS: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
-    """pos_w[N - 1 + distance] + ts_w[floor(ln(max(|t_q - t_k|, 1)) / divisor)].
+def _silu_half(a, DTYPE: tl.constexpr, FAST: tl.constexpr):
+    """silu(2a) = a * (1 + tanh(a)) as DTYPE, the dtype of the second product.
 
-    POS_W and TS_W are float32. |t_q - t_k| is computed from the times' float
-    halves: exact, then rounded once to float32, as Meta's int64 -> float32.
+    Callers pass half the score (queries and bias tables are pre-halved,
+    exactly), and apply 1/N to the accumulator once, not per score. Fast (bf16,
+    fp16): two elements per instruction, one packed SFU tanh and one packed
+    FMA: the score rounds to 16 bits before the tanh, as it would before the
+    product anyway.
     """
-    rel = tl.minimum(tl.maximum(distance + (max_len - 1), 0), 2 * max_len - 2)
-    bias = tl.load(POS_W + rel)
+    if FAST:
+        if DTYPE == tl.bfloat16:
+            p = tl.inline_asm_elementwise(
+                SILU_HALF_BF16X2, "=r,r", [a.to(tl.bfloat16)], dtype=tl.bfloat16,
+                is_pure=True, pack=2,
+            )  # fmt: skip
+        else:
+            p = tl.inline_asm_elementwise(
+                SILU_HALF_F16X2, "=r,r", [a.to(tl.float16)], dtype=tl.float16,
+                is_pure=True, pack=2,
+            )  # fmt: skip
+    else:
+        s = a + a
+        p = (s * tl.sigmoid(s)).to(DTYPE)
+    return p
+
+
+@triton.jit
+def _rab(rel, high_q, low_q, high_k, low_k, POS_W, TS_W, divisor,
+         NUM_BUCKETS: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
+    """pos_w[rel] + ts_w[floor(ln(max(|t_q - t_k|, 1)) / divisor)].
+
+    `rel` = N - 1 + distance, in range. POS_W and TS_W are float32.
+    |t_q - t_k| is computed from the times' float halves: exact, then rounded
+    once to float32, as Meta's int64 -> float32.
+    """
+    bias = _table(POS_W + rel, FAST)
     delta = (high_q[:, None] - high_k[None, :]) * 65536.0 + (
         low_q[:, None] - low_k[None, :]
     )
@@ -99,7 +144,7 @@ def _rab(distance, high_q, low_q, high_k, low_k, POS_W, TS_W, max_len, divisor,
     else:  # exactly Meta's float32 arithmetic
         bucket = tl.math.div_rn(tl.log(seconds), divisor).to(tl.int32)
     bucket = tl.minimum(tl.maximum(bucket, 0), NUM_BUCKETS)
-    return bias + tl.load(TS_W + bucket)
+    return bias + _table(TS_W + bucket, FAST)
 
 
 @triton.jit
@@ -141,18 +186,21 @@ def _find_request(QUERY_START, q_block, num_reqs, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _attend_block(
-    acc, q, pos_q, logical_q, limit_q, high_q, low_q, row_ok, start, end, full,
-    table, KV, POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head, max_len,
-    divisor, inv_normalizer, DQK: tl.constexpr, DV: tl.constexpr,
+    acc, q, pos_q, logical_q, row_offset, limit_q, high_q, low_q, row_ok, start,
+    end, full, table, KV, POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head,
+    max_len, divisor, DQK: tl.constexpr, DV: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, HS: tl.constexpr,
     PAGE: tl.constexpr, NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr,
     FAST: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """acc += (silu(q.k + rab) / N) @ v over keys [start, min(start + BLOCK_N, end)).
+    """acc += silu(q.k + rab) @ v over keys [start, min(start + BLOCK_N, end)).
 
-    Blocks wholly below `full` are visible to every row of the tile (causal
-    rows' keys before the tile, a context, the history before candidates):
-    they skip the per-element mask.
+    `q` and the bias tables are halved (see `_silu_half`). Blocks wholly
+    below `full` are visible to every row of the tile (causal rows' keys
+    before the tile, a context, the history before candidates): they skip the
+    per-element mask, and their relative positions need no clamp, since
+    sequences are never longer than `max_len` (vLLM's max_model_len).
+    `row_offset` is `max_len - 1 - logical_q`, 0-based for padding rows.
     """
     d_qk = tl.arange(0, BLOCK_DQK)
     d_v = tl.arange(0, BLOCK_DV)
@@ -171,19 +219,20 @@ def _attend_block(
         other=0.0,
     )
     high_k, low_k = _slot_halves(rows + DQK, n_ok)
-    s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    a = tl.dot(q, tl.trans(k), input_precision=PRECISION)
     if start + BLOCK_N <= full:
-        distance = n[None, :] - logical_q[:, None]
-        s += _rab(distance, high_q, low_q, high_k, low_k, POS_W, TS_W, max_len,
-                  divisor, NUM_BUCKETS, FAST)  # fmt: skip
-        p = _silu_scaled(s, inv_normalizer, FAST)
+        rel = n[None, :] + row_offset[:, None]
+        a += _rab(rel, high_q, low_q, high_k, low_k, POS_W, TS_W, divisor,
+                  NUM_BUCKETS, FAST)  # fmt: skip
+        p = _silu_half(a, v.dtype, FAST)
     else:
         visible, distance = _mask_and_distance(pos_q, logical_q, n, limit_q)
-        s += _rab(distance, high_q, low_q, high_k, low_k, POS_W, TS_W, max_len,
-                  divisor, NUM_BUCKETS, FAST)  # fmt: skip
-        p = _silu_scaled(s, inv_normalizer, FAST)
+        rel = tl.minimum(tl.maximum(distance + (max_len - 1), 0), 2 * max_len - 2)
+        a += _rab(rel, high_q, low_q, high_k, low_k, POS_W, TS_W, divisor,
+                  NUM_BUCKETS, FAST)  # fmt: skip
+        p = _silu_half(a, v.dtype, FAST)
         p = tl.where(visible & row_ok[:, None] & n_ok[None, :], p, 0.0)
-    return acc + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return acc + tl.dot(p, v, input_precision=PRECISION)
 
 
 @triton.jit
@@ -218,9 +267,11 @@ def _prefill_kernel(
         mask=m_ok[:, None] & (d_qk[None, :] < DQK),
         other=0.0,
     )
+    q = q * 0.5  # exact: scores come out halved (see `_silu_half`)
     high_q, low_q = _slot_halves(q_rows + DQK, m_ok)
     limit_q = _slot_bytes(q_rows + DQK + 4, m_ok, 3)
     logical_q = _logical_position(pos_q, limit_q)
+    row_offset = max_len - 1 - tl.where(m_ok, logical_q, 0)
 
     # Keys: each row's prefix (causal, bidirectional, or before the
     # candidates) up to `prefix_end`, then the tile's diagonal from
@@ -242,14 +293,15 @@ def _prefill_kernel(
         )
         end = tl.where(in_prefix, prefix_end, last_pos + 1)
         acc = _attend_block(
-            acc, q, pos_q, logical_q, limit_q, high_q, low_q, m_ok, start, end, full,
-            table, KV, POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head,
-            max_len, divisor, inv_normalizer, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE,
-            NUM_BUCKETS, PRECISION, FAST, BLOCK_N,
+            acc, q, pos_q, logical_q, row_offset, limit_q, high_q, low_q, m_ok,
+            start, end, full, table, KV, POS_W, TS_W, stride_kvb, stride_kvh,
+            stride_kvn, head, max_len, divisor, DQK, DV, BLOCK_DQK, BLOCK_DV, HS,
+            PAGE, NUM_BUCKETS, PRECISION, FAST, BLOCK_N,
         )  # fmt: skip
 
     d_v = tl.arange(0, BLOCK_DV)
     out = OUT + token[:, None] * stride_ot + head * stride_oh + d_v[None, :]
+    acc = acc * inv_normalizer
     tl.store(
         out, acc.to(OUT.dtype.element_ty), mask=m_ok[:, None] & (d_v[None, :] < DV)
     )
@@ -287,23 +339,46 @@ def _decode_kernel(
         mask=first[:, None] & (d_qk[None, :] < DQK),
         other=0.0,
     )
+    q = q * 0.5  # exact: scores come out halved (see `_silu_half`)
     high_q, low_q = _slot_halves(q_rows + DQK, first)
     limit_q = _slot_bytes(q_rows + DQK + 4, first, 3)
     pos_q = seq_len - 1 + r * 0
     logical_q = _logical_position(pos_q, limit_q)
+    row_offset = max_len - 1 - logical_q
     table = BLOCK_TABLE + req.to(tl.int64) * stride_bt
     acc = tl.zeros([16, BLOCK_DV], dtype=tl.float32)
     for start in range(begin, end, BLOCK_N):
         acc = _attend_block(
-            acc, q, pos_q, logical_q, limit_q, high_q, low_q, first, start, end, 0,
-            table, KV, POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head,
-            max_len, divisor, inv_normalizer, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE,
-            NUM_BUCKETS, PRECISION, FAST, BLOCK_N,
+            acc, q, pos_q, logical_q, row_offset, limit_q, high_q, low_q, first,
+            start, end, 0, table, KV, POS_W, TS_W, stride_kvb, stride_kvh,
+            stride_kvn, head, max_len, divisor, DQK, DV, BLOCK_DQK, BLOCK_DV, HS,
+            PAGE, NUM_BUCKETS, PRECISION, FAST, BLOCK_N,
         )  # fmt: skip
     d_v = tl.arange(0, BLOCK_DV)
     out = PARTIAL + split * stride_ps + req.to(tl.int64) * stride_pt + head * stride_ph
-    tl.store(out + r[:, None] * 0 + d_v[None, :], acc,
+    tl.store(out + r[:, None] * 0 + d_v[None, :], acc * inv_normalizer,
              mask=first[:, None] & (d_v[None, :] < DV))  # fmt: skip
+
+
+@triton.jit
+def _write_kv_kernel(
+    KEY, VALUE, KV, SLOTS, stride_kt, stride_kh, stride_vt, stride_vh,
+    stride_kvb, stride_kvh, stride_kvn, HS: tl.constexpr, PAGE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    token = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    slot = tl.load(SLOTS + token).to(tl.int64)
+    if slot < 0:  # padding: the token has no cache slot
+        return
+    d = tl.arange(0, BLOCK)
+    ok = d < HS
+    page, offset = slot // PAGE, slot % PAGE
+    row = KV + page * stride_kvb + head * stride_kvh + offset * stride_kvn
+    key = tl.load(KEY + token * stride_kt + head * stride_kh + d, mask=ok)
+    value = tl.load(VALUE + token * stride_vt + head * stride_vh + d, mask=ok)
+    tl.store(row + d, key.to(KV.dtype.element_ty), mask=ok)
+    tl.store(row + HS + d, value.to(KV.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -324,6 +399,29 @@ def _gated_layer_norm_kernel(
     u = tl.load(U + token * stride_ut + i, mask=ok, other=0.0).to(tl.float32)
     y = u * centred * tl.rsqrt(var + eps)
     tl.store(OUT + token * stride_ot + i, y.to(OUT.dtype.element_ty), mask=ok)
+
+
+def write_kv_cache_triton(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    kv_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Scatter `[T, heads, hs]` keys and values into their cache slots (-1: skip).
+
+    No host synchronisation (the PyTorch path's boolean indexing has one), so
+    the write can be captured in a CUDA graph with the rest of a decode step.
+    """
+    num_tokens, heads = slot_mapping.shape[0], key.shape[1]
+    if num_tokens == 0:
+        return
+    hs = kv_cache.shape[-1] // 2
+    _write_kv_kernel[(num_tokens, heads)](
+        key, value, kv_cache, slot_mapping, key.stride(0), key.stride(1),
+        value.stride(0), value.stride(1), kv_cache.stride(0), kv_cache.stride(1),
+        kv_cache.stride(2), HS=hs, PAGE=kv_cache.shape[2],
+        BLOCK=triton.next_power_of_2(hs),
+    )  # fmt: skip
 
 
 def _multiprocessors(device: torch.device) -> int:
@@ -398,8 +496,9 @@ def hstu_attention_triton(
         NUM_BUCKETS=ts_w.numel() - 1,
     )
     kv_strides = (kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2))
-    # float32 bias tables: no conversion per score element (they are tiny).
-    pos_w, ts_w = pos_w.float(), ts_w.float()
+    # Halved (exactly) float32 bias tables: no conversion per score element
+    # (they are tiny); see `_silu_half` for the halving.
+    pos_w, ts_w = 0.5 * pos_w.float(), 0.5 * ts_w.float()
     scalars = (params.max_len, params.time_bucket_divisor, 1.0 / params.normalizer)
     if max_query_len == 1 and num_tokens == num_reqs:
         splits = num_splits or decode_splits(

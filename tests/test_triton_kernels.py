@@ -16,9 +16,11 @@ import torch
 triton = pytest.importorskip("triton", reason="needs the triton package")
 
 from attention_cases import make_case, relative_error  # noqa: E402
+from vllm_mtgr.kernels.paged_torch import write_kv_cache  # noqa: E402
 from vllm_mtgr.kernels.paged_triton import (  # noqa: E402
     gated_layer_norm,
     hstu_attention_triton,
+    write_kv_cache_triton,
 )
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -104,3 +106,21 @@ def test_gated_layer_norm(dtype):
     )
     got = gated_layer_norm(attention, dv, gate, 1e-6)
     assert relative_error(got, expected) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_kv_cache_write_equals_the_pytorch_write(dtype):
+    generator = torch.Generator().manual_seed(_seed())
+    blocks, heads, page, hs, tokens = 6, 3, 16, 24, 40
+    # The cache as vLLM may lay it out physically: heads outermost.
+    storage = torch.randn(heads, blocks, page, 2 * hs, generator=generator)
+    expected = storage.permute(1, 0, 2, 3).to(DEVICE, dtype)
+    got = expected.clone(memory_format=torch.preserve_format)
+    key = torch.randn(tokens + 5, heads, hs, generator=generator).to(DEVICE, dtype)
+    value = torch.randn(tokens + 5, heads, hs, generator=generator).to(DEVICE, dtype)
+    slots = torch.randperm(blocks * page, generator=generator)[:tokens]
+    slots[::7] = -1  # padded tokens are skipped
+    slots = slots.to(DEVICE)
+    write_kv_cache(key, value, expected, slots)
+    write_kv_cache_triton(key, value, got, slots)
+    assert torch.equal(got, expected)

@@ -2,10 +2,10 @@
 
 HSTU's pointwise SiLU attention is not softmax, so no vLLM backend computes it.
 The layer is still vLLM's `Attention`, given this backend: vLLM then allocates
-and accounts its KV blocks, and prefix caching, chunked prefill and
-torch.compile's graph splitting work unchanged. The backend only says how to
-store K/V (`do_kv_cache_update`) and how to attend (`forward`); the arithmetic
-lives in `vllm_mtgr.kernels`.
+and accounts its KV blocks, and prefix caching, chunked prefill,
+torch.compile's graph splitting and CUDA graphs work unchanged. The backend
+only says how to store K/V (`do_kv_cache_update`) and how to attend
+(`forward`); the arithmetic lives in `vllm_mtgr.kernels`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,14 @@ class HSTUAttentionMetadata:
 
 
 class HSTUMetadataBuilder(AttentionMetadataBuilder[HSTUAttentionMetadata]):
-    _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.NEVER
+    # Decode steps (one query per request) can replay a full CUDA graph: the
+    # metadata are views of vLLM's persistent buffers, the kernels find their
+    # request on the device, and the decode grid depends on the batch shape
+    # only. Padded requests have seq_len 0 and slot -1, so they read and write
+    # nothing. Prefill and mixed batches keep piecewise graphs.
+    _cudagraph_support: ClassVar[AttentionCGSupport] = (
+        AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
+    )
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
