@@ -10,6 +10,7 @@
    - ranking-style requests (a 1024-event history in, one step with the top
      100 items out): requests/s with all sent at once, then p50/p99 latency
      under Poisson arrivals at three rates;
+   - decode: 64 users x 16 next items each (full CUDA graphs on a GPU);
    - a returning user: 1024 cached events plus 16 new ones, against the same
      1040-event request cold.
 2. The DLRMv3 peer workload on `mtgr-rank-dlrmv3`: 32 users x (1024 history +
@@ -38,6 +39,12 @@ from pathlib import Path
 
 import torch
 
+# This folder holds kernels.py, which would shadow the `kernels` package that
+# vLLM tries to import for some models (the Llama): keep it off the path.
+HERE = Path(__file__).resolve().parent
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+
+CAPTURE_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 PEER_MS = 9.30  # Meta DLRMv3, per forward of 32 x (1024 + 2048) tokens
 PEER_TOKENS_PER_S = 10.6e6
 
@@ -58,6 +65,8 @@ class Workload:
     saturation_requests: int = 256
     rate_fractions: tuple[float, ...] = (0.25, 0.5, 0.8)
     rate_requests: int = 200
+    decode_users: int = 64
+    decode_steps: int = 16
     new_events: int = 16
     returning_users: int = 8
     peer_users: int = 32
@@ -79,6 +88,8 @@ SMOKE = Workload(
     top_k=10,
     saturation_requests=8,
     rate_requests=6,
+    decode_users=2,
+    decode_steps=3,
     returning_users=2,
     peer_users=2,
     peer_history=200,
@@ -134,6 +145,13 @@ def engine_kwargs(
         max_logprobs=work.top_k,
         enable_prefix_caching=True,
         skip_tokenizer_init=not tokenizer,  # the Llama has none
+        # Fewer CUDA graph sizes than vLLM's default (~70): a start in seconds,
+        # not minutes; the same sizes for every model.
+        **(
+            {"compilation_config": {"cudagraph_capture_sizes": CAPTURE_SIZES}}
+            if torch.cuda.is_available()
+            else {}
+        ),
     )
 
 
@@ -196,7 +214,15 @@ def start_engine(model: Path, work: Workload, is_mtgr: bool, max_model_len: int)
     return engine, Histories(is_mtgr, vocab, random.Random(max_model_len))
 
 
-async def retrieval_section(model: Path, work: Workload, is_mtgr: bool) -> dict:
+async def retrieval_section(
+    model: Path, work: Workload, is_mtgr: bool, rates: list[float]
+) -> dict:
+    """All retrieval measurements of one model, in one engine.
+
+    `rates` are the Poisson arrival rates; empty: fractions of this model's
+    own saturated requests/s (the HSTU model goes first, the Llama gets its
+    rates).
+    """
     longest = max(work.prefill_length, work.history + work.new_events)
     engine, histories = start_engine(model, work, is_mtgr, longest + 8)
     one_step = scoring_step(work)
@@ -234,13 +260,34 @@ async def retrieval_section(model: Path, work: Workload, is_mtgr: bool) -> dict:
         result["requests_per_s"] = work.saturation_requests / (
             time.perf_counter() - start
         )
-
+        result["decode_tokens_per_s"] = await decode_rate(engine, histories, work, ids)
+        rates = rates or [f * result["requests_per_s"] for f in work.rate_fractions]
+        result["rates"] = await latency_at_rates(engine, histories, work, rates, ids)
         result["returning"] = await returning_user(
             engine, histories, one_step, work, ids
         )
     finally:
         engine.shutdown()
     return result
+
+
+async def decode_rate(engine, histories, work: Workload, ids) -> float:
+    """Generated items/s: many users, several next items each (decode steps)."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(
+        max_tokens=work.decode_steps, temperature=0.0, detokenize=False,
+        ignore_eos=True,
+    )  # fmt: skip
+    prompts = [
+        histories.prompt(*histories.user(work.history))
+        for _ in range(work.decode_users)
+    ]
+    start = time.perf_counter()
+    await asyncio.gather(
+        *[_request(engine, p, params, f"d-{next(ids)}") for p in prompts]
+    )
+    return work.decode_users * work.decode_steps / (time.perf_counter() - start)
 
 
 async def returning_user(engine, histories, params, work: Workload, ids) -> dict:
@@ -275,41 +322,33 @@ async def arrive(engine, prompt: dict, params, request_id: str, delay: float):
     return (await timed(engine, prompt, params, request_id))[0]
 
 
-async def rate_section(model: Path, work: Workload, is_mtgr: bool, rates) -> dict:
+async def latency_at_rates(engine, histories, work: Workload, rates, ids) -> dict:
     """p50/p99 latency of ranking-style requests under Poisson arrivals."""
-    engine, histories = start_engine(model, work, is_mtgr, work.history + 8)
     params = scoring_step(work)
     rng = random.Random(2)
     rows = {}
-    try:
-        await _request(
-            engine, histories.prompt(*histories.user(work.history)), params, "warm"
-        )
-        for rate in rates:
-            prompts = [
-                histories.prompt(*histories.user(work.history))
-                for _ in range(work.rate_requests)
-            ]
-
-            delays, clock = [], 0.0
-            for _ in prompts:
-                clock += rng.expovariate(rate)
-                delays.append(clock)
-            start = time.perf_counter()
-            latencies = await asyncio.gather(*[
-                arrive(engine, prompt, params, f"r{rate}-{i}", delay)
-                for i, (prompt, delay) in enumerate(zip(prompts, delays, strict=True))
-            ])  # fmt: skip
-            wall = time.perf_counter() - start
-            latencies = sorted(latencies)
-            rows[f"{rate:.4g}"] = {
-                "p50_ms": 1e3 * latencies[len(latencies) // 2],
-                "p99_ms": 1e3 * latencies[min(len(latencies) - 1,
-                                              int(0.99 * len(latencies)))],
-                "achieved_per_s": len(latencies) / wall,
-            }  # fmt: skip
-    finally:
-        engine.shutdown()
+    for rate in rates:
+        prompts = [
+            histories.prompt(*histories.user(work.history))
+            for _ in range(work.rate_requests)
+        ]
+        delays, clock = [], 0.0
+        for _ in prompts:
+            clock += rng.expovariate(rate)
+            delays.append(clock)
+        start = time.perf_counter()
+        latencies = await asyncio.gather(*[
+            arrive(engine, prompt, params, f"r-{next(ids)}", delay)
+            for prompt, delay in zip(prompts, delays, strict=True)
+        ])  # fmt: skip
+        wall = time.perf_counter() - start
+        latencies = sorted(latencies)
+        rows[f"{rate:.4g}"] = {
+            "p50_ms": 1e3 * latencies[len(latencies) // 2],
+            "p99_ms": 1e3 * latencies[min(len(latencies) - 1,
+                                          int(0.99 * len(latencies)))],
+            "achieved_per_s": len(latencies) / wall,
+        }  # fmt: skip
     return rows
 
 
@@ -414,7 +453,9 @@ def run_section(name: str, work: Workload, models: dict, rates=()) -> dict:
             "--rates", json.dumps(list(rates)), "--result", result.name,
         ]  # fmt: skip
         subprocess.run(command, check=True)
-        return json.loads(Path(result.name).read_text())
+        out = json.loads(Path(result.name).read_text())
+    print(f"section {name}: {json.dumps(out)}", flush=True)  # kept if a later one fails
+    return out
 
 
 def section_main(args: argparse.Namespace) -> None:
@@ -424,9 +465,9 @@ def section_main(args: argparse.Namespace) -> None:
     rates = json.loads(args.rates)
     kind, _, model = args.section.partition(":")
     if kind == "retrieval":
-        out = asyncio.run(retrieval_section(models[model], work, model == "mtgr"))
-    elif kind == "rates":
-        out = asyncio.run(rate_section(models[model], work, model == "mtgr", rates))
+        out = asyncio.run(
+            retrieval_section(models[model], work, model == "mtgr", rates)
+        )
     else:
         out = peer_section(models["ranking"], work)
     Path(args.result).write_text(json.dumps(out))
@@ -457,9 +498,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes")
-    parser.add_argument(
-        "--skip", nargs="*", default=[], choices=["retrieval", "rates", "peer"]
-    )
+    parser.add_argument("--skip", nargs="*", default=[], choices=["retrieval", "peer"])
     parser.add_argument("--section", help=argparse.SUPPRESS)
     for hidden in ("--work", "--models", "--rates", "--result"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
@@ -479,25 +518,34 @@ def main() -> None:
                 write_mtgr(work.ranking_preset, tmp / "ranking", work.dtype)
             ),
         }
-        report = run(work, models, args.skip)
+        report, raw = run(work, models, args.skip)
     text = "\n\n".join([f"# End-to-end serving through vLLM\n\n{header()}", *report])
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"serve-{'smoke-' if args.smoke else ''}{time.strftime('%Y%m%d')}"
+    if args.skip:  # a partial run: name the sections it has
+        stem += "-" + "-".join(s for s in ("retrieval", "peer") if s not in args.skip)
     (args.out / f"{stem}.md").write_text(text + "\n")
+    raw["header"] = header()
+    (args.out / f"{stem}.json").write_text(json.dumps(raw, indent=2))
 
 
-def run(work: Workload, models: dict, skip: list[str]) -> list[str]:
+def run(work: Workload, models: dict, skip: list[str]) -> tuple[list[str], dict]:
+    """(markdown sections, raw results by section) of every section not skipped."""
     report = [f"Workload: `{json.dumps(asdict(work))}`"]
+    raw: dict = {"workload": asdict(work)}
     names = {"mtgr": work.retrieval_preset, "llama": "Llama, same width/depth"}
-    capacity = None
     if "retrieval" not in skip:
-        results = {m: run_section(f"retrieval:{m}", work, models) for m in names}
+        results = {"mtgr": run_section("retrieval:mtgr", work, models)}
+        rates = [float(rate) for rate in results["mtgr"]["rates"]]
+        results["llama"] = run_section("retrieval:llama", work, models, rates)
+        raw["retrieval"] = results
         rows = [
             {
                 "model": names[m],
                 "prefill tok/s": r["prefill_tokens_per_s"],
                 "ranking-style req/s": r["requests_per_s"],
+                "decode items/s": r["decode_tokens_per_s"],
                 "returning ms": r["returning"]["warm_ms"],
                 "cold ms": r["returning"]["cold_ms"],
                 "returning / cold": r["returning"]["warm_over_cold"],
@@ -505,33 +553,32 @@ def run(work: Workload, models: dict, skip: list[str]) -> list[str]:
             }
             for m, r in results.items()
         ]
-        capacity = results["mtgr"]["requests_per_s"]
         report.append(
             f"## Retrieval: prefill ({work.prefill_prompts} x {work.prefill_length} "
             f"tokens), ranking-style requests ({work.history} events, top "
-            f"{work.top_k}), returning user ({work.history} cached + "
-            f"{work.new_events} new)\n\n" + _table(rows, list(rows[0]))
+            f"{work.top_k}), decode ({work.decode_users} users x "
+            f"{work.decode_steps} next items), returning user ({work.history} "
+            f"cached + {work.new_events} new)\n\n" + _table(rows, list(rows[0]))
         )
-    if "rates" not in skip:
-        rates = [f * (capacity or 10.0) for f in work.rate_fractions]
-        rows = []
-        for m in names:
-            result = run_section(f"rates:{m}", work, models, rates)
-            rows += [{"model": names[m], "rate /s": float(rate), **row}
-                     for rate, row in result.items()]  # fmt: skip
+        rows = [
+            {"model": names[m], "rate /s": float(rate), **row}
+            for m, r in results.items()
+            for rate, row in r["rates"].items()
+        ]
         report.append(
             "## Latency under Poisson arrivals (rates: fractions of the HSTU "
             "model's saturated requests/s)\n\n" + _table(rows, list(rows[0]))
         )
     if "peer" not in skip:
         peer = run_section("peer", work, models)
+        raw["peer"] = peer
         report.append(
             f"## DLRMv3 peer workload: {work.peer_users} users x "
             f"({work.peer_history} history + {work.peer_candidates} candidates), "
             f"`{work.ranking_preset}`; Meta's DLRMv3: {PEER_MS} ms per forward, "
             f"{PEER_TOKENS_PER_S / 1e6:.1f} M tokens/s\n\n" + _table([peer], list(peer))
         )
-    return report
+    return report, raw
 
 
 if __name__ == "__main__":
