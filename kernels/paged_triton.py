@@ -154,18 +154,6 @@ def _logical_position(pos_q, limit_q):
 
 
 @triton.jit
-def _mask_and_distance(pos_q, logical_q, pos_k, limit_q):
-    """(visible, j - logical i) under key limits; a query's own key is at 0."""
-    own = pos_k[None, :] == pos_q[:, None]
-    limit = limit_q[:, None]
-    visible = own | tl.where(
-        limit == 0, pos_k[None, :] <= pos_q[:, None], pos_k[None, :] < limit
-    )
-    distance = tl.where(own, 0, pos_k[None, :] - logical_q[:, None])
-    return visible, distance
-
-
-@triton.jit
 def _find_request(QUERY_START, q_block, num_reqs, BLOCK_M: tl.constexpr):
     """The request whose query blocks contain global block `q_block`.
 
@@ -186,21 +174,24 @@ def _find_request(QUERY_START, q_block, num_reqs, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _attend_block(
-    acc, q, pos_q, logical_q, row_offset, limit_q, high_q, low_q, row_ok, start,
-    end, full, table, KV, POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head,
-    max_len, divisor, DQK: tl.constexpr, DV: tl.constexpr,
-    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, HS: tl.constexpr,
-    PAGE: tl.constexpr, NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr,
-    FAST: tl.constexpr, BLOCK_N: tl.constexpr,
+    acc, q, pos_q, row_end, row_offset, high_q, low_q, start, end, table, KV,
+    POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head, max_len, divisor,
+    DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr,
+    BLOCK_DV: tl.constexpr, HS: tl.constexpr, PAGE: tl.constexpr,
+    NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr, FAST: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """acc += silu(q.k + rab) @ v over keys [start, min(start + BLOCK_N, end)).
 
-    `q` and the bias tables are halved (see `_silu_half`). Blocks wholly
-    below `full` are visible to every row of the tile (causal rows' keys
-    before the tile, a context, the history before candidates): they skip the
-    per-element mask, and their relative positions need no clamp, since
-    sequences are never longer than `max_len` (vLLM's max_model_len).
-    `row_offset` is `max_len - 1 - logical_q`, 0-based for padding rows.
+    Per row (query position i): keys j < `row_end` are visible (i + 1 when
+    causal, else the key limit), and so is its own key, at distance 0;
+    `row_offset` is `max_len - 1 - logical i` (0-based for padding rows). `q`
+    and the bias tables are halved (see `_silu_half`). Keys past `end` load
+    as zeros, so they add nothing whatever their score; they are clamped
+    only to keep their position lookups inside the table. Padding rows are
+    computed but never stored. One body for every block (no branch between
+    masked and unmasked blocks): Triton 3.6 fails to software-pipeline the
+    loop around such a branch.
     """
     d_qk = tl.arange(0, BLOCK_DQK)
     d_v = tl.arange(0, BLOCK_DV)
@@ -220,18 +211,13 @@ def _attend_block(
     )
     high_k, low_k = _slot_halves(rows + DQK, n_ok)
     a = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-    if start + BLOCK_N <= full:
-        rel = n[None, :] + row_offset[:, None]
-        a += _rab(rel, high_q, low_q, high_k, low_k, POS_W, TS_W, divisor,
-                  NUM_BUCKETS, FAST)  # fmt: skip
-        p = _silu_half(a, v.dtype, FAST)
-    else:
-        visible, distance = _mask_and_distance(pos_q, logical_q, n, limit_q)
-        rel = tl.minimum(tl.maximum(distance + (max_len - 1), 0), 2 * max_len - 2)
-        a += _rab(rel, high_q, low_q, high_k, low_k, POS_W, TS_W, divisor,
-                  NUM_BUCKETS, FAST)  # fmt: skip
-        p = _silu_half(a, v.dtype, FAST)
-        p = tl.where(visible & row_ok[:, None] & n_ok[None, :], p, 0.0)
+    own = n[None, :] == pos_q[:, None]
+    key = tl.minimum(n, end - 1)
+    rel = tl.where(own, max_len - 1, key[None, :] + row_offset[:, None])
+    a += _rab(rel, high_q, low_q, high_k, low_k, POS_W, TS_W, divisor,
+              NUM_BUCKETS, FAST)  # fmt: skip
+    p = _silu_half(a, v.dtype, FAST)
+    p = tl.where(own | (n[None, :] < row_end[:, None]), p, 0.0)
     return acc + tl.dot(p, v, input_precision=PRECISION)
 
 
@@ -280,7 +266,6 @@ def _prefill_kernel(
     last_pos = tl.minimum(first_pos + BLOCK_M, seq_len) - 1
     row_end = tl.where(limit_q == 0, pos_q + 1, limit_q)
     prefix_end = tl.minimum(tl.max(tl.where(m_ok, row_end, 0), axis=0), seq_len)
-    full = tl.min(tl.where(m_ok, row_end, seq_len), axis=0)
     diagonal = tl.maximum(prefix_end, first_pos)
     prefix_blocks = tl.cdiv(prefix_end, BLOCK_N)
     blocks = prefix_blocks + tl.cdiv(tl.maximum(last_pos + 1 - diagonal, 0), BLOCK_N)
@@ -293,8 +278,8 @@ def _prefill_kernel(
         )
         end = tl.where(in_prefix, prefix_end, last_pos + 1)
         acc = _attend_block(
-            acc, q, pos_q, logical_q, row_offset, limit_q, high_q, low_q, m_ok,
-            start, end, full, table, KV, POS_W, TS_W, stride_kvb, stride_kvh,
+            acc, q, pos_q, row_end, row_offset, high_q, low_q, start, end,
+            table, KV, POS_W, TS_W, stride_kvb, stride_kvh,
             stride_kvn, head, max_len, divisor, DQK, DV, BLOCK_DQK, BLOCK_DV, HS,
             PAGE, NUM_BUCKETS, PRECISION, FAST, BLOCK_N,
         )  # fmt: skip
@@ -345,12 +330,13 @@ def _decode_kernel(
     pos_q = seq_len - 1 + r * 0
     logical_q = _logical_position(pos_q, limit_q)
     row_offset = max_len - 1 - logical_q
+    row_end = tl.where(limit_q == 0, pos_q + 1, limit_q)
     table = BLOCK_TABLE + req.to(tl.int64) * stride_bt
     acc = tl.zeros([16, BLOCK_DV], dtype=tl.float32)
     for start in range(begin, end, BLOCK_N):
         acc = _attend_block(
-            acc, q, pos_q, logical_q, row_offset, limit_q, high_q, low_q, first,
-            start, end, 0, table, KV, POS_W, TS_W, stride_kvb, stride_kvh,
+            acc, q, pos_q, row_end, row_offset, high_q, low_q, start, end,
+            table, KV, POS_W, TS_W, stride_kvb, stride_kvh,
             stride_kvn, head, max_len, divisor, DQK, DV, BLOCK_DQK, BLOCK_DV, HS,
             PAGE, NUM_BUCKETS, PRECISION, FAST, BLOCK_N,
         )  # fmt: skip
