@@ -452,7 +452,9 @@ def run_section(name: str, work: Workload, models: dict, rates=()) -> dict:
             "--work", json.dumps(asdict(work)), "--models", json.dumps(models),
             "--rates", json.dumps(list(rates)), "--result", result.name,
         ]  # fmt: skip
-        subprocess.run(command, check=True)
+        # Run outside the checkout: vLLM inspects models in a `python -m`
+        # subprocess, whose working directory comes first on sys.path.
+        subprocess.run(command, check=True, cwd=tempfile.gettempdir())
         out = json.loads(Path(result.name).read_text())
     print(f"section {name}: {json.dumps(out)}", flush=True)  # kept if a later one fails
     return out

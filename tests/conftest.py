@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# Ask NVML whether there is a GPU: the default check initialises the CUDA
+# driver, and a vLLM engine forked from this process afterwards cannot use it.
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 if not torch.cuda.is_available():
     # Without a GPU, Triton kernels run only under its interpreter. Triton reads
     # the switch once for its own library (tl.sum, ...) when first imported, and

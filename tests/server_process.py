@@ -38,9 +38,13 @@ def running_server(model_dir: Path, name: str, log: Path) -> Iterator[str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     env.pop("VLLM_PLUGINS", None)
     with open(log, "w") as output:
+        # Started outside the checkout: `-m` puts the working directory first
+        # on sys.path, where the source tree would shadow the installed
+        # package (whose `kernels` sit elsewhere in the checkout).
         server = subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, env=env
-        )
+            command, stdout=output, stderr=subprocess.STDOUT, env=env,
+            cwd=log.parent,
+        )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + STARTUP_SECONDS
     try:
