@@ -424,7 +424,7 @@ def _prefill_blocks(dqk: int, dv: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the prefill kernel."""
     if max(dqk, dv) > 128:
         return 64, 32, 4, 2
-    return 64, 64, 8, 2
+    return 64, 64, 4, 2
 
 
 DECODE_CONFIG = (64, 4, 2)  # BLOCK_N, warps, stages
