@@ -154,6 +154,30 @@ def _logical_position(pos_q, limit_q):
 
 
 @triton.jit
+def _query_rows(q_rows, ok, pos_q, max_len, DQK: tl.constexpr,
+                BLOCK_DQK: tl.constexpr):  # fmt: skip
+    """(q halved, time halves, row_end, row_offset) of query rows at `q_rows`.
+
+    Halving q is exact and makes the scores come out halved (`_silu_half`).
+    Keys j < row_end are visible to a row (i + 1 when causal, else its key
+    limit); row_offset is `max_len - 1 - logical i`, 0-based for rows not
+    `ok` so that their position lookups stay in the table.
+    """
+    d_qk = tl.arange(0, BLOCK_DQK)
+    q = tl.load(
+        q_rows[:, None] + d_qk[None, :],
+        mask=ok[:, None] & (d_qk[None, :] < DQK),
+        other=0.0,
+    )
+    high_q, low_q = _slot_halves(q_rows + DQK, ok)
+    limit_q = _slot_bytes(q_rows + DQK + 4, ok, 3)
+    logical_q = _logical_position(pos_q, limit_q)
+    row_end = tl.where(limit_q == 0, pos_q + 1, limit_q)
+    row_offset = max_len - 1 - tl.where(ok, logical_q, 0)
+    return q * 0.5, high_q, low_q, row_end, row_offset
+
+
+@triton.jit
 def _find_request(QUERY_START, q_block, num_reqs, BLOCK_M: tl.constexpr):
     """The request whose query blocks contain global block `q_block`.
 
@@ -246,25 +270,16 @@ def _prefill_kernel(
     m_ok = m < q_len
     token = (q_start + m).to(tl.int64)
     pos_q = seq_len - q_len + m
-    d_qk = tl.arange(0, BLOCK_DQK)
     q_rows = Q + token * stride_qt + head * stride_qh
-    q = tl.load(
-        q_rows[:, None] + d_qk[None, :],
-        mask=m_ok[:, None] & (d_qk[None, :] < DQK),
-        other=0.0,
+    q, high_q, low_q, row_end, row_offset = _query_rows(
+        q_rows, m_ok, pos_q, max_len, DQK, BLOCK_DQK
     )
-    q = q * 0.5  # exact: scores come out halved (see `_silu_half`)
-    high_q, low_q = _slot_halves(q_rows + DQK, m_ok)
-    limit_q = _slot_bytes(q_rows + DQK + 4, m_ok, 3)
-    logical_q = _logical_position(pos_q, limit_q)
-    row_offset = max_len - 1 - tl.where(m_ok, logical_q, 0)
 
     # Keys: each row's prefix (causal, bidirectional, or before the
     # candidates) up to `prefix_end`, then the tile's diagonal from
     # `diagonal`, for candidates' own keys; one loop over both ranges.
     first_pos = seq_len - q_len + local * BLOCK_M
     last_pos = tl.minimum(first_pos + BLOCK_M, seq_len) - 1
-    row_end = tl.where(limit_q == 0, pos_q + 1, limit_q)
     prefix_end = tl.minimum(tl.max(tl.where(m_ok, row_end, 0), axis=0), seq_len)
     diagonal = tl.maximum(prefix_end, first_pos)
     prefix_blocks = tl.cdiv(prefix_end, BLOCK_N)
@@ -317,20 +332,11 @@ def _decode_kernel(
 
     r = tl.arange(0, 16)
     first = r < 1
-    d_qk = tl.arange(0, BLOCK_DQK)
     q_rows = Q + req.to(tl.int64) * stride_qt + head * stride_qh + r * 0
-    q = tl.load(
-        q_rows[:, None] + d_qk[None, :],
-        mask=first[:, None] & (d_qk[None, :] < DQK),
-        other=0.0,
-    )
-    q = q * 0.5  # exact: scores come out halved (see `_silu_half`)
-    high_q, low_q = _slot_halves(q_rows + DQK, first)
-    limit_q = _slot_bytes(q_rows + DQK + 4, first, 3)
     pos_q = seq_len - 1 + r * 0
-    logical_q = _logical_position(pos_q, limit_q)
-    row_offset = max_len - 1 - logical_q
-    row_end = tl.where(limit_q == 0, pos_q + 1, limit_q)
+    q, high_q, low_q, row_end, row_offset = _query_rows(
+        q_rows, first, pos_q, max_len, DQK, BLOCK_DQK
+    )
     table = BLOCK_TABLE + req.to(tl.int64) * stride_bt
     acc = tl.zeros([16, BLOCK_DV], dtype=tl.float32)
     for start in range(begin, end, BLOCK_N):
