@@ -132,17 +132,21 @@ class EventsDummyInputsBuilder(BaseDummyInputsBuilder[EventsProcessingInfo]):
         return {MODALITY: {"timestamps": [0] * count}}
 
 
-def _fields_config() -> dict[str, MultiModalFieldConfig]:
-    # Times feed the position rows, computed on the CPU; ids and actions feed
-    # the embedding, on the device.
+def batched_fields(
+    modality: str, on_cpu: Sequence[str], on_device: Sequence[str]
+) -> dict[str, MultiModalFieldConfig]:
+    """One batched field per name: those feeding the position rows (computed
+    on the CPU) stay there; those feeding the embedding go to the device."""
     fields = {
-        name: MultiModalFieldConfig.batched(MODALITY, keep_on_cpu=True)
-        for name in TIME_FIELDS
+        name: MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
+        for name in on_cpu
     }
-    fields.update(
-        (name, MultiModalFieldConfig.batched(MODALITY)) for name in EMBEDDING_FIELDS
-    )
+    fields.update((name, MultiModalFieldConfig.batched(modality)) for name in on_device)
     return fields
+
+
+def _fields_config() -> dict[str, MultiModalFieldConfig]:
+    return batched_fields(MODALITY, TIME_FIELDS, EMBEDDING_FIELDS)
 
 
 def _chunk_hash(model_id: str, chunk: EventChunk) -> str:

@@ -37,6 +37,7 @@ from vllm.multimodal.processing import (
 
 from vllm_mtgr import compat
 from vllm_mtgr.events import EVENT_CHUNK_TOKENS, content_hash
+from vllm_mtgr.multimodal import batched_fields
 from vllm_mtgr.ranking_request import (
     CANDIDATE,
     HISTORY,
@@ -135,14 +136,7 @@ class RankingDummyInputsBuilder(BaseDummyInputsBuilder[RankingProcessingInfo]):
 
 
 def _fields_config() -> dict[str, MultiModalFieldConfig]:
-    fields = {
-        name: MultiModalFieldConfig.batched(MODALITY, keep_on_cpu=True)
-        for name in ROW_FIELDS
-    }
-    fields.update(
-        (name, MultiModalFieldConfig.batched(MODALITY)) for name in EMBEDDING_FIELDS
-    )
-    return fields
+    return batched_fields(MODALITY, ROW_FIELDS, EMBEDDING_FIELDS)
 
 
 def ranking_items(
