@@ -135,8 +135,8 @@ class EventsDummyInputsBuilder(BaseDummyInputsBuilder[EventsProcessingInfo]):
 def batched_fields(
     modality: str, on_cpu: Sequence[str], on_device: Sequence[str]
 ) -> dict[str, MultiModalFieldConfig]:
-    """One batched field per name: those feeding the position rows (computed
-    on the CPU) stay there; those feeding the embedding go to the device."""
+    """One batched field per name: those the host reads (position rows, item
+    kinds) stay on the CPU; those feeding the embedding go to the device."""
     fields = {
         name: MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
         for name in on_cpu

@@ -1,7 +1,8 @@
 """The "ranking" modality: a ranking request as multimodal items.
 
 `multi_modal_data={"ranking": request}` carries the public request object
-(`vllm_mtgr.ranking_request`); the processor validates it, rebuilds the
+(`vllm_mtgr.ranking_request`), or the `RankingRequest` the IO processor has
+already parsed from it; the processor validates the former, rebuilds the
 prompt from it and emits three kinds of items, all with the same fields:
 
 * the context (profile + long history), one item, never split: its tokens
@@ -52,13 +53,19 @@ MODALITY = "ranking"
 CONTEXT_ITEM, EVENTS_ITEM, CANDIDATES_ITEM = range(3)
 # Per-token fields the position rows need: computed on the CPU.
 ROW_FIELDS = ("positions", "key_times", "query_times", "limits", "groups")
-EMBEDDING_FIELDS = ("kind", "values", "actions", "features")
+# The item kind picks the embedding on the host: kept there, no device sync.
+CPU_FIELDS = (*ROW_FIELDS, "kind")
+EMBEDDING_FIELDS = ("values", "actions", "features")
 
 
-class RankingItems(ModalityDataItems[Mapping[str, object], RankingRequest]):
+class RankingItems(
+    ModalityDataItems[Mapping[str, object] | RankingRequest, RankingRequest]
+):
     """One validated request; its multimodal items are built in `apply`."""
 
-    def __init__(self, data: Mapping[str, object], request: RankingRequest) -> None:
+    def __init__(
+        self, data: Mapping[str, object] | RankingRequest, request: RankingRequest
+    ) -> None:
         super().__init__(data, MODALITY)
         self.request = request
 
@@ -88,6 +95,8 @@ class RankingDataParser(MultiModalDataParser):
     def _parse_ranking(self, data: object) -> ModalityDataItems | None:
         if data is None:
             return None
+        if isinstance(data, RankingRequest):  # validated by the IO processor
+            return RankingItems(data, data)
         return RankingItems(data, parse_ranking_request(data, self.config))  # type: ignore[arg-type]
 
     def _get_subparsers(self):
@@ -136,7 +145,7 @@ class RankingDummyInputsBuilder(BaseDummyInputsBuilder[RankingProcessingInfo]):
 
 
 def _fields_config() -> dict[str, MultiModalFieldConfig]:
-    return batched_fields(MODALITY, ROW_FIELDS, EMBEDDING_FIELDS)
+    return batched_fields(MODALITY, CPU_FIELDS, EMBEDDING_FIELDS)
 
 
 def ranking_items(
@@ -150,7 +159,7 @@ def ranking_items(
     context = request.context_end
     items: list[tuple[int, dict[str, np.ndarray]]] = []
 
-    def item(kind, offset, values, actions, times, limits, groups, positions):
+    def item(kind, offset, values, actions, times, limits, groups, positions, features):
         times = np.asarray(times, dtype=np.int64)
         items.append(
             (
@@ -159,27 +168,31 @@ def ranking_items(
                     "kind": np.array([kind]),
                     "values": np.asarray(values, dtype=np.int64),
                     "actions": np.asarray(actions, dtype=np.int64),
-                    "features": np.zeros((len(times), num_features), np.float32),
+                    "features": features,
                     "positions": np.asarray(positions, dtype=np.int64),
                     "key_times": times,
                     "query_times": times,
                     "limits": np.asarray(limits, dtype=np.int64),
-                    "groups": np.asarray(groups, dtype=np.int64),
+                    "groups": groups,
                 },
             )
         )
+
+    def no_features(count: int) -> np.ndarray:
+        return np.zeros((count, num_features), np.float32)
 
     if context:
         p = len(request.profile)
         item(
             CONTEXT_ITEM,
             0,
-            list(request.profile) + list(h.items),
-            [0] * p + list(h.actions),
-            [request.profile_time] * p + list(h.timestamps),
-            [context] * context,
-            [PROFILE] * p + [HISTORY] * len(h.items),
-            range(context),
+            request.profile + h.items,
+            (0,) * p + h.actions,
+            (request.profile_time,) * p + h.timestamps,
+            np.full(context, context),
+            np.repeat(np.array([PROFILE, HISTORY]), [p, len(h.items)]),
+            np.arange(context),
+            no_features(context),
         )
     for lo in range(0, len(r.items), EVENT_CHUNK_TOKENS):
         hi = min(lo + EVENT_CHUNK_TOKENS, len(r.items))
@@ -189,9 +202,10 @@ def ranking_items(
             r.items[lo:hi],
             r.actions[lo:hi],
             r.timestamps[lo:hi],
-            [0] * (hi - lo),
-            [REALTIME] * (hi - lo),
-            range(context + lo, context + hi),
+            np.zeros(hi - lo),
+            np.full(hi - lo, REALTIME),
+            np.arange(context + lo, context + hi),
+            no_features(hi - lo),
         )
     count = len(request.candidates)
     limits = request.candidate_limits()
@@ -199,14 +213,12 @@ def ranking_items(
         CANDIDATES_ITEM,
         request.candidate_start,
         request.candidates,
-        [0] * count,
+        np.zeros(count, np.int64),
         request.candidate_times,
         limits,
-        [CANDIDATE] * count,
+        np.full(count, CANDIDATE),
         limits,  # a candidate's logical position: after what it sees
-    )
-    items[-1][1]["features"] = np.asarray(request.features, dtype=np.float32).reshape(
-        count, num_features
+        request.features,
     )
     return items
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from vllm_mtgr.config import MTGRConfig
 from vllm_mtgr.errors import RequestError
 
@@ -20,9 +22,11 @@ def check_history(
         raise HistoryError(
             "the history (prompt) is empty: send at least one item", "prompt"
         )
-    for position, token_id in enumerate(token_ids):
-        if 1 <= token_id <= config.num_items:
-            continue
+    ids = np.asarray(token_ids)
+    outside = np.flatnonzero((ids < 1) | (ids > config.num_items))
+    if outside.size:
+        position = int(outside[0])
+        token_id = int(ids[position])
         words = text.split() if text else []
         shown = (
             f"'{words[position]}'"

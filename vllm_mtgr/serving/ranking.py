@@ -43,11 +43,11 @@ class RankingIOProcessor(IOProcessor):
         super().__init__(vllm_config, renderer)
         self.config = vllm_config.model_config.hf_config
 
-    def parse_data(self, data: object) -> list[tuple[dict, RankingRequest]]:
+    def parse_data(self, data: object) -> list[RankingRequest]:
         batch = data if isinstance(data, list) else [data]
         if not batch:
             raise RequestError("`data` holds no ranking request", "data")
-        return [(raw, parse_ranking_request(raw, self.config)) for raw in batch]
+        return [parse_ranking_request(raw, self.config) for raw in batch]
 
     def merge_pooling_params(self, params: PoolingParams | None = None):
         params = params or PoolingParams()
@@ -58,12 +58,14 @@ class RankingIOProcessor(IOProcessor):
         return params
 
     def pre_process(self, prompt, request_id=None, **kwargs) -> list[dict]:
+        # The parsed request travels on: the multimodal processor takes it
+        # as it is instead of validating the raw JSON a second time.
         return [
             {
                 "prompt_token_ids": token_ids(request, self.config),
-                "multi_modal_data": {MODALITY: raw},
+                "multi_modal_data": {MODALITY: request},
             }
-            for raw, request in prompt
+            for request in prompt
         ]
 
     def post_process(

@@ -1,0 +1,75 @@
+"""Validation of ranking requests: cross features take a vectorised fast path
+for well-formed rows and name the first bad row otherwise."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from conftest import TINY_RANKING
+from ranking_cases import random_request
+
+from vllm_mtgr.config import MTGRConfig
+from vllm_mtgr.errors import RequestError
+from vllm_mtgr.ranking_request import parse_ranking_request
+
+CONFIG = MTGRConfig(
+    architectures=["MTGRForRanking"],
+    vocab_size=TINY_RANKING["num_items"] + 4,
+    **TINY_RANKING,
+)
+
+
+def test_features_arrive_as_float32_rows_of_the_sent_values():
+    rng = random.Random(21)
+    request = random_request(rng, candidates=9)
+    rows = request["candidates"]["features"]
+    rows[3] = [rng.randint(-5, 5) for _ in rows[3]]  # integers are numbers too
+    parsed = parse_ranking_request(request, CONFIG)
+    assert parsed.features.dtype == np.float32
+    assert parsed.features.shape == (9, TINY_RANKING["num_cross_features"])
+    assert parsed.features.tolist() == np.float32(rows).tolist()
+
+
+def test_numpy_numbers_are_accepted_too():
+    request = random_request(random.Random(22))
+    rows = request["candidates"]["features"]
+    request["candidates"]["features"] = [[np.float64(v) for v in r] for r in rows]
+    parsed = parse_ranking_request(request, CONFIG)
+    assert np.array_equal(parsed.features, np.float32(rows))
+
+
+@pytest.mark.parametrize(
+    ("bad_row", "message"),
+    [
+        ([0.5, True, 0.1, 0.2, 0.3], "`candidates.features[4]` must be numbers"),
+        ([0.5, "1", 0.1, 0.2, 0.3], "`candidates.features[4]` must be numbers"),
+        ([0.5, None, 0.1, 0.2, 0.3], "`candidates.features[4]` must be numbers"),
+        ([0.5, 0.1], "`candidates.features[4]` must be 5 numbers"),
+        (0.5, "`candidates.features[4]` must be 5 numbers"),
+    ],
+)
+def test_a_bad_feature_row_is_named(bad_row, message):
+    request = random_request(random.Random(23), candidates=6)
+    request["candidates"]["features"][4] = bad_row
+    with pytest.raises(RequestError, match=message.replace("[", r"\[")) as raised:
+        parse_ranking_request(request, CONFIG)
+    assert raised.value.parameter == "candidates.features"
+
+
+def test_candidate_limits_count_realtime_events_up_to_each_candidate():
+    rng = random.Random(24)
+    request = random_request(rng, realtime=12, candidates=10)
+    times = request["realtime"]["timestamps"]
+    # Candidates at, between, before and after the real-time events.
+    request["candidates"]["timestamps"] = [
+        rng.choice([times[0] - 1, times[-1] + 1, rng.choice(times)]) for _ in range(10)
+    ]
+    parsed = parse_ranking_request(request, CONFIG)
+    context = 3 + len(request["history"]["items"])
+    expected = [
+        context + sum(t <= c for t in times)
+        for c in request["candidates"]["timestamps"]
+    ]
+    assert parsed.candidate_limits().tolist() == expected
