@@ -12,7 +12,8 @@
      under Poisson arrivals at three rates;
    - decode: 64 users x 16 next items each (full CUDA graphs on a GPU);
    - a returning user: 1024 cached events plus 16 new ones, against the same
-     1040-event request cold.
+     1040-event request cold: the latency of one request alone, and the cost
+     per request at load (32 users at once: wall time / requests).
 2. The DLRMv3 peer workload on `mtgr-rank-dlrmv3`: 32 users x (1024 history +
    2048 candidates) scored in one engine step, against Meta's published
    9.30 ms per forward (10.6 M tokens/s); then the same users again with
@@ -69,6 +70,7 @@ class Workload:
     decode_steps: int = 16
     new_events: int = 16
     returning_users: int = 8
+    load_users: int = 32
     peer_users: int = 32
     peer_history: int = 1024
     peer_candidates: int = 2048
@@ -91,6 +93,7 @@ SMOKE = Workload(
     decode_users=2,
     decode_steps=3,
     returning_users=2,
+    load_users=2,
     peer_users=2,
     peer_history=200,
     peer_candidates=32,
@@ -266,6 +269,9 @@ async def retrieval_section(
         result["returning"] = await returning_user(
             engine, histories, one_step, work, ids
         )
+        result["returning_load"] = await returning_at_load(
+            engine, histories, one_step, work, ids
+        )
     finally:
         engine.shutdown()
     return result
@@ -313,6 +319,36 @@ async def returning_user(engine, histories, params, work: Workload, ids) -> dict
         "warm_ms": 1e3 * statistics.median(warm),
         "warm_over_cold": statistics.median(warm) / statistics.median(cold),
         "cached_tokens": statistics.median(cached),
+    }
+
+
+async def returning_at_load(engine, histories, params, work: Workload, ids) -> dict:
+    """Cost per request with many users at once: wall time of `load_users`
+    cold 1040-event requests, against as many returning users (their 1024
+    events cached just before, unmeasured) sending 1024 + 16."""
+
+    async def serve_all(prompts: list[dict], tag: str) -> tuple[float, list]:
+        start = time.perf_counter()
+        outputs = await asyncio.gather(
+            *[_request(engine, p, params, f"{tag}-{next(ids)}") for p in prompts]
+        )
+        return time.perf_counter() - start, outputs
+
+    total = work.history + work.new_events
+    users = [histories.user(total) for _ in range(work.load_users)]
+    cold, _ = await serve_all([histories.prompt(*u) for u in users], "lc")
+    users = [histories.user(total) for _ in range(work.load_users)]
+    await serve_all(
+        [histories.prompt(i[: work.history], t[: work.history]) for i, t in users],
+        "lh",
+    )
+    warm, outputs = await serve_all([histories.prompt(*u) for u in users], "lw")
+    return {
+        "users": work.load_users,
+        "cold_per_s": work.load_users / cold,
+        "returning_per_s": work.load_users / warm,
+        "cost_ratio": warm / cold,
+        "cached_tokens": statistics.median(o.num_cached_tokens for o in outputs),
     }
 
 
@@ -552,6 +588,9 @@ def run(work: Workload, models: dict, skip: list[str]) -> tuple[list[str], dict]
                 "cold ms": r["returning"]["cold_ms"],
                 "returning / cold": r["returning"]["warm_over_cold"],
                 "cached tokens": r["returning"]["cached_tokens"],
+                "at load: returning req/s": r["returning_load"]["returning_per_s"],
+                "cold req/s": r["returning_load"]["cold_per_s"],
+                "cost returning / cold": r["returning_load"]["cost_ratio"],
             }
             for m, r in results.items()
         ]
@@ -560,7 +599,8 @@ def run(work: Workload, models: dict, skip: list[str]) -> tuple[list[str], dict]
             f"tokens), ranking-style requests ({work.history} events, top "
             f"{work.top_k}), decode ({work.decode_users} users x "
             f"{work.decode_steps} next items), returning user ({work.history} "
-            f"cached + {work.new_events} new)\n\n" + _table(rows, list(rows[0]))
+            f"cached + {work.new_events} new; alone, and {work.load_users} users "
+            f"at once)\n\n" + _table(rows, list(rows[0]))
         )
         rows = [
             {"model": names[m], "rate /s": float(rate), **row}

@@ -1,0 +1,216 @@
+"""Where a request's time goes: host functions and device kernels.
+
+    python benchmarks/host_profile.py peer --out DIR        # DLRMv3 peer forward
+    python benchmarks/host_profile.py returning --out DIR   # retrieval, cold/returning
+
+Runs vLLM with its engine core in this process (no fork), so one cProfile
+sees the front end, the scheduler, the model runner and the waits on the
+device, and one torch profiler run sums the device's kernel time. Prints and
+writes (markdown) per workload: wall time per call, device kernel time per
+call, the top host functions by own and by cumulative time, and the top
+kernels. `serve.py` gives the same workloads' throughput; this says why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+TOP = 25
+REPEATS = 3
+
+
+def profile_calls(
+    call: Callable[[], None], repeats: int, setup: Callable[[], None] = lambda: None
+) -> dict:
+    """Wall ms per `call` (unprofiled), its cProfile rows, and on a GPU its
+    device kernel ms and top kernels; `setup` runs before each call, unmeasured."""
+    import torch
+
+    walls = []
+    for _ in range(repeats):
+        setup()
+        start = time.perf_counter()
+        call()
+        walls.append(1e3 * (time.perf_counter() - start))
+    profiler = cProfile.Profile()
+    for _ in range(repeats):
+        setup()
+        profiler.enable()
+        call()
+        profiler.disable()
+    stats = pstats.Stats(profiler)
+    result = {
+        "wall_ms": statistics.median(walls),
+        "own": _rows(stats, "tottime", repeats),
+        "cumulative": _rows(stats, "cumtime", repeats),
+    }
+    if torch.cuda.is_available():
+        from torch.profiler import ProfilerActivity, profile
+
+        kernels: dict[str, list[float]] = {}
+        for _ in range(repeats):
+            setup()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                call()
+                torch.cuda.synchronize()
+            for event in prof.key_averages():
+                if event.self_device_time_total > 0:
+                    row = kernels.setdefault(event.key, [0.0, 0])
+                    row[0] += event.self_device_time_total / 1e3 / repeats
+                    row[1] += event.count / repeats
+        top = sorted(kernels.items(), key=lambda kv: -kv[1][0])
+        result["device_ms"] = sum(ms for ms, _ in kernels.values())
+        result["kernels"] = [(k, ms, round(n)) for k, (ms, n) in top[:TOP]]
+    return result
+
+
+def _rows(stats: pstats.Stats, key: str, repeats: int) -> list[tuple[str, float, int]]:
+    """(function, ms per call, calls per call) of the top `TOP` by `key`."""
+    index = {"tottime": 2, "cumtime": 3}[key]
+    rows = []
+    for (path, line, name), values in stats.stats.items():  # type: ignore[attr-defined]
+        where = f"{'/'.join(Path(path).parts[-2:])}:{line}({name})"
+        rows.append((where, 1e3 * values[index] / repeats, values[1] // repeats))
+    rows.sort(key=lambda r: -r[1])
+    return rows[:TOP]
+
+
+class InlineExecutor:
+    """Renders requests in the calling thread, where cProfile sees it
+    (`LLM.encode` maps its IO processor's `render` over a thread pool)."""
+
+    def map(self, fn, *iterables):
+        return map(fn, *iterables)
+
+
+def peer(tmp: Path, serve, work) -> tuple[str, dict]:
+    """The peer forward: 32 users x (1024 history + 2048 candidates), cold."""
+    from vllm import LLM
+
+    model = serve.write_mtgr(work.ranking_preset, tmp / "ranking", work.dtype)
+    config = json.loads((model / "config.json").read_text())
+    length = config["num_profile_features"] + work.peer_history + work.peer_candidates
+    kwargs = serve.engine_kwargs(model, work, length)
+    kwargs.update(
+        max_num_batched_tokens=work.peer_users * length, max_num_seqs=work.peer_users
+    )
+    kwargs.pop("max_logprobs")
+    llm = LLM(**kwargs)
+    llm._executor = InlineExecutor()
+    rng = random.Random(3)
+    batches: list[list[dict]] = []
+
+    def new_users() -> None:
+        batches.append(serve.ranking_users(config, work, rng))
+
+    def call() -> None:
+        llm.encode({"data": batches.pop()}, pooling_task="plugin", use_tqdm=False)
+
+    new_users()
+    call()  # warm-up
+    title = (
+        f"DLRMv3 peer forward: {work.peer_users} users x ({work.peer_history} "
+        f"history + {work.peer_candidates} candidates), `{work.ranking_preset}`"
+    )
+    return title, {"peer forward": profile_calls(call, REPEATS, setup=new_users)}
+
+
+def returning(tmp: Path, serve, work) -> tuple[str, dict]:
+    """One retrieval request of 1024 + 16 events: cold, and with 1024 cached."""
+    from vllm import LLM
+
+    model = serve.write_mtgr(work.retrieval_preset, tmp / "mtgr", work.dtype)
+    total = work.history + work.new_events
+    llm = LLM(**serve.engine_kwargs(model, work, total + 8))
+    config = json.loads((model / "config.json").read_text())
+    histories = serve.Histories(True, config["num_items"], random.Random(4))
+    params = serve.scoring_step(work)
+    prompts: list[dict] = []
+    cached: list[int] = []
+
+    def new_user() -> None:
+        prompts.append(histories.prompt(*histories.user(total)))
+
+    def cold() -> None:
+        llm.generate(prompts.pop(), params, use_tqdm=False)
+
+    def cache_history() -> None:
+        items, times = histories.user(total)
+        first = histories.prompt(items[: work.history], times[: work.history])
+        llm.generate(first, params, use_tqdm=False)
+        prompts.append(histories.prompt(items, times))
+
+    def returning_user() -> None:
+        (output,) = llm.generate(prompts.pop(), params, use_tqdm=False)
+        cached.append(output.num_cached_tokens)
+
+    new_user()
+    cold()  # warm-up
+    results = {
+        f"cold, {total} events": profile_calls(cold, REPEATS, setup=new_user),
+        f"returning, {work.history} cached + {work.new_events} new": profile_calls(
+            returning_user, REPEATS, setup=cache_history
+        ),
+    }
+    title = (
+        f"One retrieval request, `{work.retrieval_preset}`, top {work.top_k}: "
+        f"cold and returning (median {statistics.median(cached)} tokens cached)"
+    )
+    return title, results
+
+
+def report(title: str, results: dict) -> str:
+    parts = [f"## {title}"]
+    for name, r in results.items():
+        device = f", device kernels {r['device_ms']:.1f} ms" if "device_ms" in r else ""
+        parts.append(f"### {name}: wall {r['wall_ms']:.1f} ms per call{device}")
+        for key, label in (("own", "own time"), ("cumulative", "cumulative time")):
+            lines = [
+                f"| host function ({label}) | ms per call | calls |",
+                "|---|---|---|",
+            ]
+            lines += [f"| `{f}` | {ms:.2f} | {n} |" for f, ms, n in r[key]]
+            parts.append("\n".join(lines))
+        if "kernels" in r:
+            lines = ["| device kernel | ms per call | launches |", "|---|---|---|"]
+            lines += [f"| `{k[:90]}` | {ms:.3f} | {n} |" for k, ms, n in r["kernels"]]
+            parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("workload", choices=["peer", "returning"])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes")
+    args = parser.parse_args()
+    # One process: the engine core runs here, where the profilers see it.
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    import serve  # beside this file; it keeps kernels.py off the path
+
+    work = serve.SMOKE if args.smoke else serve.Workload()
+    with tempfile.TemporaryDirectory() as tmp:
+        run = {"peer": peer, "returning": returning}[args.workload]
+        title, results = run(Path(tmp), serve, work)
+    text = f"# Host profile\n\n{serve.header()}\n\n{report(title, results)}"
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    smoke = "smoke-" if args.smoke else ""
+    stem = f"host-profile-{smoke}{args.workload}-{time.strftime('%Y%m%d')}"
+    (args.out / f"{stem}.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
