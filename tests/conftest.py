@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,13 @@ import torch
 # Ask NVML whether there is a GPU: the default check initialises the CUDA
 # driver, and a vLLM engine forked from this process afterwards cannot use it.
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-if not torch.cuda.is_available():
+if torch.cuda.is_available():
+    # Engines start their core by spawn here: a forked core inherits this
+    # process's threads (earlier engines' clients, compile workers), and on
+    # the H100 an engine forked after another one hung at start.
+    # test_cuda_graphs forks its engine on purpose, and sets fork itself.
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+else:
     # Without a GPU, Triton kernels run only under its interpreter. Triton reads
     # the switch once for its own library (tl.sum, ...) when first imported, and
     # the vLLM imports below import it: set it first.
@@ -61,6 +68,23 @@ class TinyModel:
     reference: HSTUReference
     checkpoint: Path
     model_dir: Path
+
+
+@contextmanager
+def engine_for_module(*args, **kwargs):
+    """A `vllm.LLM` for one test module, shut down when the module ends.
+
+    Its engine core (a forked process, its GPU memory and the threads that
+    talk to it) would otherwise live on while the next module forks its own
+    engine from this process; on the H100 that next start hung.
+    """
+    import vllm
+
+    llm = vllm.LLM(*args, **kwargs)
+    try:
+        yield llm
+    finally:
+        llm.llm_engine.engine_core.shutdown()
 
 
 def random_reference(seed: int, num_action_types: int = 0) -> HSTUReference:

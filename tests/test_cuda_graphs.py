@@ -12,7 +12,7 @@ import random
 
 import pytest
 import torch
-from conftest import ENGINE_KWARGS, TINY
+from conftest import ENGINE_KWARGS, TINY, engine_for_module
 from oracle_checks import assert_matches_oracle
 from test_engine_retrieval import greedy, random_history
 
@@ -45,7 +45,8 @@ def graphed(tiny_model):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(HSTUAttentionImpl, "forward", counted)
-        llm = vllm.LLM(
+        patch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "fork")
+        with engine_for_module(
             str(tiny_model.model_dir),
             **{
                 **ENGINE_KWARGS,
@@ -55,8 +56,8 @@ def graphed(tiny_model):
                     "cudagraph_capture_sizes": CAPTURE_SIZES,
                 },
             },
-        )
-        yield llm, calls
+        ) as llm:
+            yield llm, calls
 
 
 @pytest.mark.parametrize("batch", [1, 3])

@@ -10,7 +10,7 @@ import copy
 import random
 
 import pytest
-from conftest import BLOCK_SIZE, ENGINE_KWARGS
+from conftest import BLOCK_SIZE, ENGINE_KWARGS, engine_for_module
 from ranking_cases import (
     TOLERANCE,
     oracle_scores,
@@ -27,7 +27,8 @@ KWARGS = {k: v for k, v in ENGINE_KWARGS.items() if "logprobs" not in k}
 
 @pytest.fixture(scope="module")
 def llm(tiny_ranking_model):
-    return vllm.LLM(str(tiny_ranking_model.model_dir), **KWARGS)
+    with engine_for_module(str(tiny_ranking_model.model_dir), **KWARGS) as llm:
+        yield llm
 
 
 def rank(llm, requests):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import BLOCK_SIZE, ENGINE_KWARGS, TINY
+from conftest import BLOCK_SIZE, ENGINE_KWARGS, TINY, engine_for_module
 from oracle_checks import assert_matches_oracle
 
 from vllm_mtgr.prompts import history_prompt
@@ -24,11 +24,12 @@ TOKEN_BUDGET = 64
 
 @pytest.fixture(scope="module")
 def llm(tiny_model):
-    return vllm.LLM(
+    with engine_for_module(
         str(tiny_model.model_dir),
         max_num_batched_tokens=TOKEN_BUDGET,
         **ENGINE_KWARGS,
-    )
+    ) as llm:
+        yield llm
 
 
 def random_history(rng: random.Random, length: int) -> tuple[list[int], list[int]]:
