@@ -259,13 +259,15 @@ class MTGRForCausalLM(nn.Module, SupportsMultiModal, SupportsMRoPE):
         return None
 
     def embed_multimodal(self, **kwargs: object) -> Sequence[torch.Tensor]:
+        # Events come in 16-token chunks: embed all chunks at once (a few
+        # kernels per batch, not per chunk) and hand back per-chunk views.
         item_ids = as_tensor_list(kwargs["item_ids"])
         actions = as_tensor_list(kwargs["actions"])
         device = self.model.position_embedding.weight.device
-        return [
-            self.model.embed_events(ids.to(device), acts.to(device))
-            for ids, acts in zip(item_ids, actions, strict=True)
-        ]
+        embeds = self.model.embed_events(
+            torch.cat(item_ids).to(device), torch.cat(actions).to(device)
+        )
+        return list(embeds.split([len(ids) for ids in item_ids]))
 
     def embed_input_ids(
         self,

@@ -44,8 +44,7 @@ from vllm_mtgr.events import (
 from vllm_mtgr.tokenizer import item_token
 from vllm_mtgr.validation import check_history
 
-EMBEDDING_FIELDS = ("item_ids", "actions")
-TIME_FIELDS = ("key_times", "query_times")
+FIELDS = ("item_ids", "actions", "key_times", "query_times")
 
 
 class EventsItems(ModalityDataItems[Mapping[str, object], Mapping[str, object]]):
@@ -132,21 +131,28 @@ class EventsDummyInputsBuilder(BaseDummyInputsBuilder[EventsProcessingInfo]):
         return {MODALITY: {"timestamps": [0] * count}}
 
 
-def batched_fields(
-    modality: str, on_cpu: Sequence[str], on_device: Sequence[str]
+def host_fields(
+    modality: str, names: Sequence[str]
 ) -> dict[str, MultiModalFieldConfig]:
-    """One batched field per name: those the host reads (position rows, item
-    kinds) stay on the CPU; those feeding the embedding go to the device."""
-    fields = {
+    """One batched field per name, all kept on the host: position rows are
+    computed there, and the embedding inputs reach the device in one copy per
+    batch (see `to_device_by_item`), not in one synchronous copy per item."""
+    return {
         name: MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
-        for name in on_cpu
+        for name in names
     }
-    fields.update((name, MultiModalFieldConfig.batched(modality)) for name in on_device)
-    return fields
+
+
+def to_device_by_item(
+    tensors: Sequence[torch.Tensor], device: torch.device
+) -> list[torch.Tensor]:
+    """Per-item host tensors on `device`, through one copy of their concatenation."""
+    lengths = [len(t) for t in tensors]
+    return list(torch.cat(list(tensors)).to(device).split(lengths))
 
 
 def _fields_config() -> dict[str, MultiModalFieldConfig]:
-    return batched_fields(MODALITY, TIME_FIELDS, EMBEDDING_FIELDS)
+    return host_fields(MODALITY, FIELDS)
 
 
 def _chunk_hash(model_id: str, chunk: EventChunk) -> str:

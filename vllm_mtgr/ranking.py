@@ -39,6 +39,7 @@ from vllm_mtgr.model import (
     load_weights_by_name,
     merge_event_embeddings,
 )
+from vllm_mtgr.multimodal import to_device_by_item
 from vllm_mtgr.ranking_multimodal import (
     CANDIDATES_ITEM,
     CONTEXT_ITEM,
@@ -229,18 +230,15 @@ class MTGRForRanking(nn.Module, SupportsMultiModal, SupportsMRoPE):
 
     def embed_multimodal(self, **kwargs: object) -> Sequence[torch.Tensor]:
         device = self.model.position_embedding.weight.device
-        names = ("kind", "values", "actions", "features")
-        per_item = zip(*(as_tensor_list(kwargs[name]) for name in names), strict=True)
+        kinds = [int(kind[0]) for kind in as_tensor_list(kwargs["kind"])]
+        names = ("values", "actions", "features")
+        fields = {
+            name: to_device_by_item(as_tensor_list(kwargs[name]), device)
+            for name in names
+        }
         return [
-            self.model.embed_item(
-                int(kind[0]),
-                {
-                    "values": values.to(device),
-                    "actions": actions.to(device),
-                    "features": features.to(device),
-                },
-            )
-            for kind, values, actions, features in per_item
+            self.model.embed_item(kind, {name: fields[name][i] for name in names})
+            for i, kind in enumerate(kinds)
         ]
 
     def embed_input_ids(

@@ -38,7 +38,7 @@ from vllm.multimodal.processing import (
 
 from vllm_mtgr import compat
 from vllm_mtgr.events import EVENT_CHUNK_TOKENS, content_hash
-from vllm_mtgr.multimodal import batched_fields
+from vllm_mtgr.multimodal import host_fields
 from vllm_mtgr.ranking_request import (
     CANDIDATE,
     HISTORY,
@@ -51,11 +51,9 @@ from vllm_mtgr.ranking_request import (
 
 MODALITY = "ranking"
 CONTEXT_ITEM, EVENTS_ITEM, CANDIDATES_ITEM = range(3)
-# Per-token fields the position rows need: computed on the CPU.
+# Per-token fields the position rows need.
 ROW_FIELDS = ("positions", "key_times", "query_times", "limits", "groups")
-# The item kind picks the embedding on the host: kept there, no device sync.
-CPU_FIELDS = (*ROW_FIELDS, "kind")
-EMBEDDING_FIELDS = ("values", "actions", "features")
+EMBEDDING_FIELDS = ("kind", "values", "actions", "features")
 
 
 class RankingItems(
@@ -145,7 +143,7 @@ class RankingDummyInputsBuilder(BaseDummyInputsBuilder[RankingProcessingInfo]):
 
 
 def _fields_config() -> dict[str, MultiModalFieldConfig]:
-    return batched_fields(MODALITY, CPU_FIELDS, EMBEDDING_FIELDS)
+    return host_fields(MODALITY, ROW_FIELDS + EMBEDDING_FIELDS)
 
 
 def ranking_items(

@@ -151,11 +151,12 @@ def _features(data: object, count: int, width: int) -> np.ndarray:
     # Thousands of rows per request: check types and lengths at C speed, and
     # walk the rows one by one only to name the first bad one.
     if (
-        all(isinstance(row, (list, tuple)) for row in data)
+        set(map(type, data)) <= {list, tuple}
         and set(map(len, data)) == {width}
         and set(map(type, chain.from_iterable(data))) <= {int, float}
     ):
-        return np.array(data, dtype=np.float32)
+        values = np.fromiter(chain.from_iterable(data), np.float32, count * width)
+        return values.reshape(count, width)
     for i, row in enumerate(data):
         if not isinstance(row, (list, tuple)) or len(row) != width:
             raise RequestError(

@@ -74,12 +74,10 @@ class RankingIOProcessor(IOProcessor):
         tasks = list(self.config.task_names)
         results = []
         for output in model_output:
-            scores = output.outputs.data.tolist()
+            by_task = output.outputs.data.T.tolist()  # [tasks][candidates]
             results.append(
                 {
-                    "scores": {
-                        task: [row[t] for row in scores] for t, task in enumerate(tasks)
-                    },
+                    "scores": dict(zip(tasks, by_task, strict=True)),
                     "num_cached_tokens": output.num_cached_tokens,
                 }
             )
