@@ -131,7 +131,10 @@ def returning(tmp: Path, serve, work) -> tuple[str, dict]:
 
     model = serve.write_mtgr(work.retrieval_preset, tmp / "mtgr", work.dtype)
     total = work.history + work.new_events
-    llm = LLM(**serve.engine_kwargs(model, work, total + 8))
+    # One request at a time: few sequences keep the sampler's warm-up logits
+    # ([seqs, 3.57 M items] in fp32, several copies) small. With serve.py's
+    # 256, this in-process engine found no memory left for its KV cache.
+    llm = LLM(**serve.engine_kwargs(model, work, total + 8), max_num_seqs=8)
     config = json.loads((model / "config.json").read_text())
     histories = serve.Histories(True, config["num_items"], random.Random(4))
     params = serve.scoring_step(work)

@@ -73,6 +73,8 @@ def _as_int_list(name: str, values: object) -> list[int]:
         values = values.tolist()
     if not isinstance(values, (list, tuple)):
         raise EventsError(f"`{name}` must be a list of integers", name)
+    if set(map(type, values)) <= {int}:  # the common case, at C speed
+        return list(values)
     out = []
     for i, value in enumerate(values):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -108,8 +110,9 @@ def parse_events(
             f"`timestamps` has {len(ts)} values but the history has {num_events} items",
             "timestamps",
         )
-    for i, value in enumerate(ts):
-        _check_timestamp(f"timestamps[{i}]", value)
+    if ts and not 0 <= min(ts) <= max(ts) <= MAX_TIMESTAMP:
+        for i, value in enumerate(ts):
+            _check_timestamp(f"timestamps[{i}]", value)
     if request_timestamp is None:
         request_time = ts[-1] if ts else 0
     else:
