@@ -259,8 +259,8 @@ class MTGRForCausalLM(nn.Module, SupportsMultiModal, SupportsMRoPE):
         return None
 
     def embed_multimodal(self, **kwargs: object) -> Sequence[torch.Tensor]:
-        # Events come in 16-token chunks: embed all chunks at once (a few
-        # kernels per batch, not per chunk) and hand back per-chunk views.
+        # Events arrive in chunks of EVENT_CHUNK_TOKENS: embed all chunks at
+        # once (a few kernels per batch, not per chunk), return per-chunk views.
         item_ids = as_tensor_list(kwargs["item_ids"])
         actions = as_tensor_list(kwargs["actions"])
         device = self.model.position_embedding.weight.device
