@@ -173,7 +173,11 @@ def returning(tmp: Path, serve, work) -> tuple[str, dict]:
 
 
 def report(title: str, results: dict) -> str:
-    parts = [f"## {title}"]
+    parts = [
+        f"## {title}",
+        "Wall times are unprofiled; host function times come from cProfile, "
+        "whose own overhead makes Python-heavy code look up to ~2x slower.",
+    ]
     for name, r in results.items():
         device = f", device kernels {r['device_ms']:.1f} ms" if "device_ms" in r else ""
         parts.append(f"### {name}: wall {r['wall_ms']:.1f} ms per call{device}")
