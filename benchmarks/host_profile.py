@@ -95,17 +95,8 @@ class InlineExecutor:
 
 def peer(tmp: Path, serve, work) -> tuple[str, dict]:
     """The peer forward: 32 users x (1024 history + 2048 candidates), cold."""
-    from vllm import LLM
-
     model = serve.write_mtgr(work.ranking_preset, tmp / "ranking", work.dtype)
-    config = json.loads((model / "config.json").read_text())
-    length = config["num_profile_features"] + work.peer_history + work.peer_candidates
-    kwargs = serve.engine_kwargs(model, work, length)
-    kwargs.update(
-        max_num_batched_tokens=work.peer_users * length, max_num_seqs=work.peer_users
-    )
-    kwargs.pop("max_logprobs")
-    llm = LLM(**kwargs)
+    llm, config, _ = serve.peer_engine(model, work)
     llm._executor = InlineExecutor()
     rng = random.Random(3)
     batches: list[list[dict]] = []

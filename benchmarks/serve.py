@@ -440,7 +440,8 @@ def with_new_candidates(users: list[dict], config: dict, rng: random.Random):
     return out
 
 
-def peer_section(model: Path, work: Workload) -> dict:
+def peer_engine(model: Path, work: Workload):
+    """(`LLM`, config, tokens per forward): every peer user in one step."""
     from vllm import LLM
 
     config = json.loads((model / "config.json").read_text())
@@ -449,7 +450,11 @@ def peer_section(model: Path, work: Workload) -> dict:
     kwargs = engine_kwargs(model, work, length)
     kwargs.update(max_num_batched_tokens=step_tokens, max_num_seqs=work.peer_users)
     kwargs.pop("max_logprobs")
-    llm = LLM(**kwargs)
+    return LLM(**kwargs), config, step_tokens
+
+
+def peer_section(model: Path, work: Workload) -> dict:
+    llm, config, step_tokens = peer_engine(model, work)
     rng = random.Random(3)
 
     def rank(users: list[dict]) -> tuple[float, list[int]]:

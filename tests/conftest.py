@@ -74,8 +74,8 @@ class TinyModel:
 def engine_for_module(*args, **kwargs):
     """A `vllm.LLM` for one test module, shut down when the module ends.
 
-    Its engine core (a forked process, its GPU memory and the threads that
-    talk to it) would otherwise live on while the next module forks its own
+    Its engine core (a child process, its GPU memory and the threads that
+    talk to it) would otherwise live on while the next module starts its own
     engine from this process; on the H100 that next start hung.
     """
     import vllm
