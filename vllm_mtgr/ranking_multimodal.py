@@ -8,7 +8,7 @@ prompt from it and emits three kinds of items, all with the same fields:
 * the context (profile + long history), one item, never split: its tokens
   attend to each other both ways, so every cached block of it depends on all
   of it, and its hash (all of its content) enters every one of its blocks;
-* the real-time history, in `EVENT_CHUNK_TOKENS` chunks (causal, so a
+* the real-time history, in `REALTIME_CHUNK_TOKENS` chunks (causal, so a
   returning user's new events reuse the blocks before them);
 * the candidates, one item whose hash includes a per-request nonce: their
   blocks are never reused, so every candidate is computed, in the request's
@@ -37,7 +37,7 @@ from vllm.multimodal.processing import (
 )
 
 from vllm_mtgr import compat
-from vllm_mtgr.events import EVENT_CHUNK_TOKENS, content_hash
+from vllm_mtgr.events import content_hash
 from vllm_mtgr.multimodal import host_fields
 from vllm_mtgr.ranking_request import (
     CANDIDATE,
@@ -54,6 +54,10 @@ CONTEXT_ITEM, EVENTS_ITEM, CANDIDATES_ITEM = range(3)
 # Per-token fields the position rows need.
 ROW_FIELDS = ("positions", "key_times", "query_times", "limits", "groups")
 EMBEDDING_FIELDS = ("kind", "values", "actions", "features")
+# Finer than retrieval's event chunks: a real-time history is short (tens of
+# events) and grows by one or two events between requests, so small chunks
+# keep more of it cached, and a request has only a few of them.
+REALTIME_CHUNK_TOKENS = 16
 
 
 class RankingItems(
@@ -71,7 +75,7 @@ class RankingItems(
         realtime = len(self.request.realtime.items)
         return (
             (1 if self.request.context_end else 0)
-            + -(-realtime // EVENT_CHUNK_TOKENS)
+            + -(-realtime // REALTIME_CHUNK_TOKENS)
             + 1
         )
 
@@ -192,8 +196,8 @@ def ranking_items(
             np.arange(context),
             no_features(context),
         )
-    for lo in range(0, len(r.items), EVENT_CHUNK_TOKENS):
-        hi = min(lo + EVENT_CHUNK_TOKENS, len(r.items))
+    for lo in range(0, len(r.items), REALTIME_CHUNK_TOKENS):
+        hi = min(lo + REALTIME_CHUNK_TOKENS, len(r.items))
         item(
             EVENTS_ITEM,
             context + lo,
