@@ -112,7 +112,7 @@ def peer(tmp: Path, serve, work, block_size: int | None) -> tuple[str, dict]:
     title = (
         f"DLRMv3 peer forward: {work.peer_users} users x ({work.peer_history} "
         f"history + {work.peer_candidates} candidates), `{work.ranking_preset}`, "
-        f"KV block size {llm.llm_engine.cache_config.block_size}"
+        f"KV block size {llm.llm_engine.vllm_config.cache_config.block_size}"
     )
     return title, {"peer forward": profile_calls(call, REPEATS, setup=new_users)}
 
@@ -164,7 +164,7 @@ def returning(tmp: Path, serve, work, block_size: int | None) -> tuple[str, dict
     title = (
         f"One retrieval request, `{work.retrieval_preset}`, top {work.top_k}: "
         f"cold and returning (median {statistics.median(cached)} tokens cached), "
-        f"KV block size {llm.llm_engine.cache_config.block_size}"
+        f"KV block size {llm.llm_engine.vllm_config.cache_config.block_size}"
     )
     return title, results
 
