@@ -8,6 +8,7 @@ and the items generated so far, so a multi-step completion never repeats one.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
@@ -36,8 +37,10 @@ class SeenItemsExclusion(LogitsProcessor):
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
         self.device = device
-        # batch index -> (history item ids on device, live list of generated ids)
-        self.seen: dict[int, tuple[torch.Tensor, list[int]]] = {}
+        self.pin_memory = is_pin_memory
+        # batch index -> (history item ids, live list of generated ids)
+        self.seen: dict[int, tuple[np.ndarray, list[int]]] = {}
+        self.minus_inf = torch.tensor(float("-inf"), device=device)
 
     def is_argmax_invariant(self) -> bool:
         return False
@@ -47,11 +50,10 @@ class SeenItemsExclusion(LogitsProcessor):
         params: SamplingParams,
         prompt_ids: list[int] | None,
         output_ids: list[int],
-    ) -> tuple[torch.Tensor, list[int]] | None:
+    ) -> tuple[np.ndarray, list[int]] | None:
         if not exclude_seen_requested(params):
             return None
-        history = torch.tensor(prompt_ids or [], dtype=torch.long, device=self.device)
-        return history, output_ids
+        return np.asarray(prompt_ids or [], dtype=np.int64), output_ids
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         process_dict_updates(self.seen, batch_update, self._new_state)
@@ -59,13 +61,20 @@ class SeenItemsExclusion(LogitsProcessor):
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.seen:
             return logits
-        rows, cols = [], []
-        for index, (history, generated) in self.seen.items():
-            items = history
-            if generated:
-                extra = torch.tensor(generated, dtype=torch.long, device=self.device)
-                items = torch.cat([history, extra])
-            rows.append(torch.full_like(items, index))
-            cols.append(items)
-        logits[torch.cat(rows), torch.cat(cols)] = float("-inf")
+        # Every (row, item) pair of the batch goes to the device in one
+        # asynchronous copy per step: a tensor made from a Python list per
+        # request would copy from pageable memory, which waits for the GPU.
+        items = [
+            np.concatenate((history, generated)) if generated else history
+            for history, generated in self.seen.values()
+        ]
+        counts = [len(row) for row in items]
+        pairs = np.empty((2, sum(counts)), dtype=np.int64)
+        pairs[0] = np.repeat(np.fromiter(self.seen, np.int64, len(counts)), counts)
+        np.concatenate(items, out=pairs[1])
+        host = torch.from_numpy(pairs)
+        if self.pin_memory:
+            host = host.pin_memory()
+        rows, cols = host.to(self.device, non_blocking=True)
+        logits.index_put_((rows, cols), self.minus_inf.to(logits.dtype))
         return logits
