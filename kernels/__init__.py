@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .paged_torch import HSTUAttentionParams
+from .paged_torch import HSTUAttentionParams, halve_bias_tables
 
 
 def hstu_attention(
@@ -24,17 +24,22 @@ def hstu_attention(
     params: HSTUAttentionParams,
     output: torch.Tensor,
     max_query_len: int | None = None,
+    halved_tables: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """HSTU attention of each query token over its request's cached keys.
 
     See `paged_torch` for the layout contract; writes `output[..., :value_dim]`.
-    `max_query_len` (a host int) lets the GPU path pick its decode kernel.
+    `max_query_len` (a host int) lets the GPU path pick its decode kernel;
+    `halved_tables` (`halve_bias_tables(pos_w, ts_w)`, kept by the caller)
+    spare it two conversions per call.
     """
     args = (query, kv_cache, block_table, query_start_loc, seq_lens, pos_w, ts_w)
     if query.is_cuda:
         from .paged_triton import hstu_attention_triton
 
-        hstu_attention_triton(*args, params, output, max_query_len)
+        hstu_attention_triton(
+            *args, params, output, max_query_len, halved_tables=halved_tables
+        )
     else:
         from .paged_torch import hstu_paged_attention
 
@@ -74,6 +79,7 @@ def gated_layer_norm(
 __all__ = [
     "HSTUAttentionParams",
     "gated_layer_norm",
+    "halve_bias_tables",
     "hstu_attention",
     "write_kv_cache",
 ]

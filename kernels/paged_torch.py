@@ -79,6 +79,16 @@ def gather_request_kv(
     return pages[:seq_len]
 
 
+def halve_bias_tables(
+    pos_w: torch.Tensor, ts_w: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bias tables as the Triton kernels read them: float32 (no
+    conversion per score) and halved, exactly (see `paged_triton._silu_half`).
+    Halving in the kernel would cost an instruction per score: the bias add
+    is free, folded into the `tl.dot` accumulator; a multiply-add is not."""
+    return 0.5 * pos_w.float(), 0.5 * ts_w.float()
+
+
 def hstu_paged_attention(
     query: torch.Tensor,
     kv_cache: torch.Tensor,

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .paged_torch import HSTUAttentionParams
+from .paged_torch import HSTUAttentionParams, halve_bias_tables
 
 LN2 = tl.constexpr(0.6931471805599453)
 # a * (1 + tanh(a)) on two packed 16-bit values (sm_90 for bf16x2).
@@ -460,12 +460,14 @@ def hstu_attention_triton(
     num_splits: int | None = None,
     prefill_config: tuple[int, int, int, int] | None = None,
     decode_config: tuple[int, int, int] | None = None,
+    halved_tables: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Triton HSTU attention; `max_query_len == 1` takes the decode kernel.
 
     `num_splits` (decode key splits), `prefill_config` (BLOCK_M, BLOCK_N,
     warps, stages) and `decode_config` (BLOCK_N, warps, stages) override the
     defaults; `benchmarks/kernels.py --sweep` uses them to tune.
+    `halved_tables` are `halve_bias_tables(pos_w, ts_w)` made ahead of time.
     """
     num_tokens, heads = query.shape[0], query.shape[1]
     num_reqs = seq_lens.shape[0]
@@ -488,9 +490,7 @@ def hstu_attention_triton(
         NUM_BUCKETS=ts_w.numel() - 1,
     )
     kv_strides = (kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2))
-    # Halved (exactly) float32 bias tables: no conversion per score element
-    # (they are tiny); see `_silu_half` for the halving.
-    pos_w, ts_w = 0.5 * pos_w.float(), 0.5 * ts_w.float()
+    pos_w, ts_w = halved_tables or halve_bias_tables(pos_w, ts_w)
     scalars = (params.max_len, params.time_bucket_divisor, 1.0 / params.normalizer)
     if max_query_len == 1 and num_tokens == num_reqs:
         splits = num_splits or decode_splits(

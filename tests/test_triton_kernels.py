@@ -16,7 +16,10 @@ import torch
 triton = pytest.importorskip("triton", reason="needs the triton package")
 
 from attention_cases import make_case, relative_error  # noqa: E402
-from vllm_mtgr.kernels.paged_torch import write_kv_cache  # noqa: E402
+from vllm_mtgr.kernels.paged_torch import (  # noqa: E402
+    halve_bias_tables,
+    write_kv_cache,
+)
 from vllm_mtgr.kernels.paged_triton import (  # noqa: E402
     gated_layer_norm,
     hstu_attention_triton,
@@ -75,6 +78,26 @@ def test_decode_kernel_with_key_splits(dtype, splits):
     )
     got = case.run(hstu_attention_triton, 1, num_splits=splits)
     assert not got.isnan().any(), f"seed {seed}"
+    assert relative_error(got, case.expected) < TOLERANCE[dtype], f"seed {seed}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("query_len", [1, 9])
+def test_kernels_read_the_precomputed_halved_tables(dtype, query_len):
+    """The model's tables, halved once after loading, replace the raw ones:
+    with the raw tables poisoned, results still equal the reference."""
+    seed = _seed()
+    case = make_case(
+        [40, 9],
+        [query_len, query_len],
+        dtype=dtype,
+        device=DEVICE,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    halved = halve_bias_tables(case.pos_w, case.ts_w)
+    case.pos_w = torch.full_like(case.pos_w, float("nan"))
+    case.ts_w = torch.full_like(case.ts_w, float("nan"))
+    got = case.run(hstu_attention_triton, query_len, halved_tables=halved)
     assert relative_error(got, case.expected) < TOLERANCE[dtype], f"seed {seed}"
 
 

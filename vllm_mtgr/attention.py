@@ -27,7 +27,12 @@ from vllm.v1.attention.backend import (
     MultipleOf,
 )
 
-from vllm_mtgr.kernels import HSTUAttentionParams, hstu_attention, write_kv_cache
+from vllm_mtgr.kernels import (
+    HSTUAttentionParams,
+    halve_bias_tables,
+    hstu_attention,
+    write_kv_cache,
+)
 
 # vLLM resolves attention backends by enum name; out-of-tree backends register
 # their class path under CUSTOM (see `vllm_mtgr.register`).
@@ -143,6 +148,7 @@ class HSTUAttentionImpl(AttentionImpl[HSTUAttentionMetadata]):
             self.params,
             output[:num_tokens],
             max_query_len=attn_metadata.max_query_len,
+            halved_tables=bias.halved_tables,
         )
         return output
 
@@ -186,12 +192,30 @@ class HSTUAttentionBackend(AttentionBackend):
 
 
 class RelativeAttentionBias(nn.Module):
-    """HSTU's learned bias by relative position and by time-difference bucket."""
+    """HSTU's learned bias by relative position and by time-difference bucket.
+
+    Also keeps the tables in the form the GPU kernels read (`halved_*`), made
+    once per weight load, not in two extra launches per layer and step.
+    """
 
     def __init__(self, max_len: int, num_time_buckets: int) -> None:
         super().__init__()
         self.position_weight = nn.Parameter(torch.empty(2 * max_len - 1))
         self.time_weight = nn.Parameter(torch.empty(num_time_buckets + 1))
+        for name, weight in self.named_parameters():
+            buffer = torch.empty(weight.shape, dtype=torch.float32)
+            self.register_buffer(f"halved_{name}", buffer, persistent=False)
+
+    def refresh_halved_tables(self) -> None:
+        """Recompute the kernels' tables, in place: captured CUDA graphs keep
+        reading the same memory."""
+        halved = halve_bias_tables(self.position_weight, self.time_weight)
+        self.halved_position_weight.copy_(halved[0])
+        self.halved_time_weight.copy_(halved[1])
+
+    @property
+    def halved_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.halved_position_weight, self.halved_time_weight
 
 
 class HSTUAttention(Attention):
@@ -220,3 +244,8 @@ class HSTUAttention(Attention):
             hstu_params=params,
         )
         self.relative_bias = RelativeAttentionBias(params.max_len, num_time_buckets)
+
+    def process_weights_after_loading(self, act_dtype: torch.dtype) -> None:
+        super().process_weights_after_loading(act_dtype)
+        with torch.no_grad():
+            self.relative_bias.refresh_halved_tables()

