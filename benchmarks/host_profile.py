@@ -2,6 +2,7 @@
 
     python benchmarks/host_profile.py peer --out DIR        # DLRMv3 peer forward
     python benchmarks/host_profile.py returning --out DIR   # retrieval, cold/returning
+    python benchmarks/host_profile.py decode --out DIR      # retrieval, next items
 
 Runs vLLM with its engine core in this process (no fork), so one cProfile
 sees the front end, the scheduler, the model runner and the waits on the
@@ -169,6 +170,55 @@ def returning(tmp: Path, serve, work, block_size: int | None) -> tuple[str, dict
     return title, results
 
 
+def decode(tmp: Path, serve, work, block_size: int | None) -> tuple[str, dict]:
+    """Many users' next items: each user's history and 1 item, then the same
+    with `decode_steps` items; the difference is the decode steps."""
+    from vllm import LLM, SamplingParams
+
+    model = serve.write_mtgr(work.retrieval_preset, tmp / "mtgr", work.dtype)
+    length = work.history + work.decode_steps
+    llm = LLM(
+        **serve.engine_kwargs(model, work, length + 8),
+        max_num_seqs=work.decode_users,
+        block_size=block_size,
+    )
+    config = json.loads((model / "config.json").read_text())
+    histories = serve.Histories(True, config["num_items"], random.Random(5))
+    batches: list[list[dict]] = []
+
+    def new_users() -> None:
+        batches.append(
+            [
+                histories.prompt(*histories.user(work.history))
+                for _ in range(work.decode_users)
+            ]
+        )
+
+    def items(count: int) -> Callable[[], None]:
+        params = SamplingParams(
+            max_tokens=count, temperature=0.0, detokenize=False, ignore_eos=True
+        )
+        return lambda: llm.generate(batches.pop(), params, use_tqdm=False)
+
+    new_users()
+    items(work.decode_steps)()  # warm-up
+    results = {
+        f"{work.decode_users} users, 1 item": profile_calls(
+            items(1), REPEATS, setup=new_users
+        ),
+        f"{work.decode_users} users, {work.decode_steps} items": profile_calls(
+            items(work.decode_steps), REPEATS, setup=new_users
+        ),
+    }
+    title = (
+        f"Decode, `{work.retrieval_preset}`: {work.decode_users} users x "
+        f"{work.history} events, 1 and {work.decode_steps} next items "
+        f"(greedy, seen items excluded), KV block size "
+        f"{llm.llm_engine.vllm_config.cache_config.block_size}"
+    )
+    return title, results
+
+
 def report(title: str, results: dict) -> str:
     parts = [
         f"## {title}",
@@ -196,7 +246,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("workload", choices=["peer", "returning"])
+    parser.add_argument("workload", choices=["peer", "returning", "decode"])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes")
     parser.add_argument(
@@ -209,7 +259,7 @@ def main() -> None:
 
     work = serve.SMOKE if args.smoke else serve.Workload()
     with tempfile.TemporaryDirectory() as tmp:
-        run = {"peer": peer, "returning": returning}[args.workload]
+        run = {"peer": peer, "returning": returning, "decode": decode}[args.workload]
         title, results = run(Path(tmp), serve, work, args.block_size)
     text = f"# Host profile\n\n{serve.header()}\n\n{report(title, results)}"
     print(text)
