@@ -73,3 +73,15 @@ def test_candidate_limits_count_realtime_events_up_to_each_candidate():
         for c in request["candidates"]["timestamps"]
     ]
     assert parsed.candidate_limits().tolist() == expected
+
+
+@pytest.mark.parametrize("field", ["history", "realtime"])
+def test_timestamps_out_of_time_order_are_named(field):
+    request = random_request(random.Random(25), history=12, realtime=6)
+    times = request[field]["timestamps"]
+    times[3], times[4] = times[4] + 1, times[3]  # one step back in time
+    with pytest.raises(RequestError, match="in time order") as raised:
+        parse_ranking_request(request, CONFIG)
+    assert raised.value.parameter == f"{field}.timestamps"
+    times[3] = times[4]  # equal times are in order
+    parse_ranking_request(request, CONFIG)

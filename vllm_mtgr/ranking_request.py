@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import chain
+from operator import le
 
 import numpy as np
 
@@ -116,7 +117,7 @@ def _behaviors(name: str, data: object, config: MTGRConfig) -> Behaviors:
             f"`{name}.timestamps` has {len(times)} values for {len(items)} items",
             f"{name}.timestamps",
         )
-    if any(a > b for a, b in zip(times, times[1:], strict=False)):
+    if not all(map(le, times, times[1:])):  # at C speed
         raise RequestError(
             f"`{name}.timestamps` must be in time order", f"{name}.timestamps"
         )
