@@ -31,7 +31,7 @@ def hstu_attention(
     See `paged_torch` for the layout contract; writes `output[..., :value_dim]`.
     `max_query_len` (a host int) lets the GPU path pick its decode kernel;
     `halved_tables` (`halve_bias_tables(pos_w, ts_w)`, kept by the caller)
-    spare it two conversions per call.
+    spare it converting the tables on every call.
     """
     args = (query, kv_cache, block_table, query_start_loc, seq_lens, pos_w, ts_w)
     if query.is_cuda:

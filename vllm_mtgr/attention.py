@@ -195,16 +195,25 @@ class RelativeAttentionBias(nn.Module):
     """HSTU's learned bias by relative position and by time-difference bucket.
 
     Also keeps the tables in the form the GPU kernels read (`halved_*`), made
-    once per weight load, not in two extra launches per layer and step.
+    once per weight load rather than in four launches per layer and step.
+    They are NaN until the first load, so that a missed refresh shows.
     """
 
     def __init__(self, max_len: int, num_time_buckets: int) -> None:
         super().__init__()
         self.position_weight = nn.Parameter(torch.empty(2 * max_len - 1))
         self.time_weight = nn.Parameter(torch.empty(num_time_buckets + 1))
-        for name, weight in self.named_parameters():
-            buffer = torch.empty(weight.shape, dtype=torch.float32)
-            self.register_buffer(f"halved_{name}", buffer, persistent=False)
+        unset = float("nan")
+        self.register_buffer(
+            "halved_position_weight",
+            torch.full((2 * max_len - 1,), unset, dtype=torch.float32),
+            persistent=False,
+        )
+        self.register_buffer(
+            "halved_time_weight",
+            torch.full((num_time_buckets + 1,), unset, dtype=torch.float32),
+            persistent=False,
+        )
 
     def refresh_halved_tables(self) -> None:
         """Recompute the kernels' tables, in place: captured CUDA graphs keep

@@ -42,8 +42,9 @@ from vllm_mtgr.errors import RequestError
 MODALITY = "events"
 # Each chunk costs vLLM's multimodal machinery (hashing, scheduling, encoder
 # cache) the same host time, whatever its length: a 1040-event history is 17
-# chunks, not 65 (host time per request 10-11 ms -> 7.6-7.8 ms, CPU). A grown
-# history recomputes at most one chunk, so 64 tokens is still cheap to redo.
+# chunks, not 65 (host time per request, attention stubbed, on CPU: 10-11 ms
+# -> 7.6-7.8 ms). A grown history recomputes at most one chunk, so 64 tokens
+# is still cheap to redo.
 EVENT_CHUNK_TOKENS = 64
 POSITION_BITS = 20
 MAX_POSITION = (1 << POSITION_BITS) - 1
