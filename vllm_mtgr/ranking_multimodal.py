@@ -252,9 +252,12 @@ class RankingMultiModalProcessor(BaseMultiModalProcessor[RankingProcessingInfo])
                     }
                 )
             )
-            candidates = int(fields["kind"][0]) == CANDIDATES_ITEM
-            nonce = uuid.uuid4().hex if candidates else ""
-            hashes.append(content_hash(f"{self.info.model_id}/{nonce}", fields))
+            if int(fields["kind"][0]) == CANDIDATES_ITEM:
+                # Never reused (see above): a fresh identity, with no need to
+                # hash thousands of candidates' content.
+                hashes.append(f"{self.info.model_id}/candidates/{uuid.uuid4().hex}")
+            else:
+                hashes.append(content_hash(self.info.model_id, fields))
             placeholders.append(
                 PlaceholderRange(offset=offset, length=len(fields["values"]))
             )
