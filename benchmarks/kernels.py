@@ -11,6 +11,8 @@
    vLLM) and a non-paged Triton SiLU attention, on the same shapes.
 4. Decode: GB/s of the paged decode kernel against the copy ceiling, and
    FlashAttention 3 on the same shapes.
+5. A returning user's new events over a cached history: the default key
+   splits against one split.
 Prints a table and writes it (markdown + JSON) with device, versions, date.
 """
 
@@ -35,6 +37,7 @@ from vllm_mtgr.kernels.paged_triton import (  # noqa: E402
     _rab,
     _silu_half,
     hstu_attention_triton,
+    prefill_splits,
 )
 
 HEADS = 8
@@ -83,6 +86,7 @@ def correctness() -> list[dict]:
         ("prefill 8192", [8192], [8192], {}),
         ("ragged 2048/4096/1/333", [2048, 4096, 1, 333], [2048, 4096, 1, 333], {}),
         ("cached prefix 4096+1024", [5120, 3000], [1024, 17], {}),
+        ("returning 1024+80 (key splits)", [1104, 1104], [80, 80], {}),
         ("block boundaries", [16, 32, 4095, 4097], [16, 1, 2048, 4097], {}),
         (
             "MTGR 1024 hist + 2048 cand",
@@ -256,6 +260,27 @@ def decode_speed(copy_tbps: float) -> list[dict]:
     return rows
 
 
+def returning_speed() -> list[dict]:
+    """New events over a cached history of 1024, 16 heads (mtgr-8b's): the
+    default key splits against one split (which walks every cached key in
+    a handful of programs)."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    rows = []
+    for batch, new in ((1, 16), (1, 80), (8, 80)):
+        case = make_case(
+            [1024 + new] * batch, [new] * batch, heads=16, dqk=HEAD_DIM,
+            dv=HEAD_DIM, dtype=torch.bfloat16, device="cuda", with_expected=False,
+        )  # fmt: skip
+        out = _out(case)
+        tiles = batch * new // 64 + batch  # the default BLOCK_M of 64
+        default_ms = bench(_run, case, out, new)
+        one_ms = bench(_run, case, out, new, num_splits=1)
+        rows.append(dict(batch=batch, new=new, cached=1024,
+                         splits=prefill_splits(tiles, 16, sms), ms=default_ms,
+                         ms_one_split=one_ms, speedup=one_ms / default_ms))  # fmt: skip
+    return rows
+
+
 PREFILL_CONFIGS = [(64, 64, 8, 2), (64, 64, 8, 3), (64, 64, 4, 2), (128, 64, 8, 2),
                    (128, 32, 8, 2), (64, 32, 4, 3), (64, 128, 8, 2),
                    (32, 64, 4, 2)]  # fmt: skip
@@ -322,6 +347,7 @@ def main() -> None:
     checks = correctness()
     prefill = prefill_speed(limits["matmul_tflops"])
     decode = decode_speed(limits["copy_tbps"])
+    returning = returning_speed()
     report = "\n\n".join([
         f"# HSTU attention kernels\n\n{header}",
         f"Ceilings: bf16 matmul {limits['matmul_tflops']:.0f} TFLOP/s, "
@@ -333,6 +359,8 @@ def main() -> None:
         + _table(prefill, ["kernel", "length", "batch", "ms", "tflops", "pct_matmul"]),
         f"## Decode, bf16, 16 heads x {HEAD_DIM}\n\n"
         + _table(decode, ["kernel", "batch", "length", "ms", "tbps", "pct_copy"]),
+        f"## Returning user: new events over 1024 cached, bf16, 16 heads x "
+        f"{HEAD_DIM}\n\n" + _table(returning, list(returning[0])),
     ])  # fmt: skip
     print(report)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -340,7 +368,7 @@ def main() -> None:
     (args.out / f"{stem}.md").write_text(report + "\n")
     (args.out / f"{stem}.json").write_text(json.dumps(
         dict(header=header, ceilings=limits, correctness=checks, prefill=prefill,
-             decode=decode), indent=2))  # fmt: skip
+             decode=decode, returning=returning), indent=2))  # fmt: skip
     if not all(row["ok"] for row in checks):
         raise SystemExit("correctness check failed")
 

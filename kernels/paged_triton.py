@@ -249,13 +249,17 @@ def _attend_block(
 def _prefill_kernel(
     Q, KV, OUT, BLOCK_TABLE, QUERY_START, SEQ_LENS, POS_W, TS_W,
     stride_qt, stride_qh, stride_kvb, stride_kvh, stride_kvn,
-    stride_ot, stride_oh, stride_bt,
+    stride_os, stride_ot, stride_oh, stride_bt,
     num_reqs, max_len, divisor, inv_normalizer,
     DQK: tl.constexpr, DV: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, HS: tl.constexpr,
     PAGE: tl.constexpr, NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr,
     FAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):  # fmt: skip
+    """One tile of BLOCK_M query rows of one request and head, over the key
+    blocks of its split (program axis 2); with several splits, OUT holds one
+    float32 partial sum per split (`stride_os`), else the output itself."""
     q_block = tl.program_id(0)
     head = tl.program_id(1)
     req = _find_request(QUERY_START, q_block, num_reqs, BLOCK_M)
@@ -284,9 +288,14 @@ def _prefill_kernel(
     diagonal = tl.maximum(prefix_end, first_pos)
     prefix_blocks = tl.cdiv(prefix_end, BLOCK_N)
     blocks = prefix_blocks + tl.cdiv(tl.maximum(last_pos + 1 - diagonal, 0), BLOCK_N)
+    first_block = 0
+    if SPLIT:  # a constexpr: one split compiles to the plain loop, no spills
+        per_split = tl.cdiv(blocks, tl.num_programs(2))
+        first_block = tl.program_id(2) * per_split
+        blocks = tl.minimum(blocks, first_block + per_split)
     table = BLOCK_TABLE + req.to(tl.int64) * stride_bt
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    for block in range(0, blocks):
+    for block in range(first_block, blocks):
         in_prefix = block < prefix_blocks
         start = tl.where(
             in_prefix, block * BLOCK_N, diagonal + (block - prefix_blocks) * BLOCK_N
@@ -300,7 +309,8 @@ def _prefill_kernel(
         )  # fmt: skip
 
     d_v = tl.arange(0, BLOCK_DV)
-    out = OUT + token[:, None] * stride_ot + head * stride_oh + d_v[None, :]
+    out = OUT + tl.program_id(2) * stride_os + head * stride_oh
+    out += token[:, None] * stride_ot + d_v[None, :]
     acc = acc * inv_normalizer
     tl.store(
         out, acc.to(OUT.dtype.element_ty), mask=m_ok[:, None] & (d_v[None, :] < DV)
@@ -446,6 +456,17 @@ def decode_splits(num_tokens: int, heads: int, num_sms: int) -> int:
     return max(1, min(64, triton.cdiv(8 * num_sms, programs)))
 
 
+def prefill_splits(tiles: int, heads: int, num_sms: int) -> int:
+    """Key splits per query tile so a prefill fills the GPU twice over.
+
+    Matters for a few query rows over a long cached prefix (a returning
+    user's new events): without splits, a handful of programs would walk
+    all of its keys while most of the GPU idles. Large prefills get 1.
+    """
+    programs = max(tiles * heads, 1)
+    return max(1, min(16, triton.cdiv(2 * num_sms, programs)))
+
+
 def hstu_attention_triton(
     query: torch.Tensor,
     kv_cache: torch.Tensor,
@@ -464,7 +485,7 @@ def hstu_attention_triton(
 ) -> None:
     """Triton HSTU attention; `max_query_len == 1` takes the decode kernel.
 
-    `num_splits` (decode key splits), `prefill_config` (BLOCK_M, BLOCK_N,
+    `num_splits` (key splits), `prefill_config` (BLOCK_M, BLOCK_N,
     warps, stages) and `decode_config` (BLOCK_N, warps, stages) override the
     defaults; `benchmarks/kernels.py --sweep` uses them to tune.
     `halved_tables` are `halve_bias_tables(pos_w, ts_w)` made ahead of time.
@@ -510,14 +531,23 @@ def hstu_attention_triton(
         output[..., :dv] = partial.sum(dim=0)
         return
     block_m, block_n, warps, stages = prefill_config or _prefill_blocks(dqk, dv)
-    grid = (num_tokens // block_m + num_reqs, heads)
-    _prefill_kernel[grid](
-        query, kv_cache, output, block_table, query_start_loc, seq_lens, pos_w, ts_w,
+    tiles = num_tokens // block_m + num_reqs
+    splits = num_splits or prefill_splits(tiles, heads, _multiprocessors(query.device))
+    target = output
+    if splits > 1:
+        target = torch.empty(
+            (splits, num_tokens, heads, dv), dtype=torch.float32, device=query.device
+        )
+    split_stride = target.stride(0) if splits > 1 else 0
+    _prefill_kernel[(tiles, heads, splits)](
+        query, kv_cache, target, block_table, query_start_loc, seq_lens, pos_w, ts_w,
         query.stride(0), query.stride(1), *kv_strides,
-        output.stride(0), output.stride(1), block_table.stride(0),
-        num_reqs, *scalars, BLOCK_M=block_m, BLOCK_N=block_n, **common,
-        num_warps=warps, num_stages=stages,
+        split_stride, target.stride(-3), target.stride(-2), block_table.stride(0),
+        num_reqs, *scalars, BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=splits > 1,
+        **common, num_warps=warps, num_stages=stages,
     )  # fmt: skip
+    if splits > 1:
+        output[..., :dv] = target.sum(dim=0)
 
 
 @torch.library.custom_op("vllm_mtgr::gated_layer_norm", mutates_args=())

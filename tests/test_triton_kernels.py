@@ -46,8 +46,9 @@ def _seed() -> int:
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("splits", [None, 3], ids=["default_splits", "3_splits"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_prefill_kernel(name, dtype):
+def test_prefill_kernel(name, splits, dtype):
     seq_lens, query_lens, contexts, candidates = CASES[name]
     seed = _seed()
     case = make_case(
@@ -59,7 +60,7 @@ def test_prefill_kernel(name, dtype):
         device=DEVICE,
         generator=torch.Generator().manual_seed(seed),
     )
-    got = case.run(hstu_attention_triton, max(query_lens))
+    got = case.run(hstu_attention_triton, max(query_lens), num_splits=splits)
     assert not got.isnan().any(), f"seed {seed}: unwritten output"
     assert relative_error(got, case.expected) < TOLERANCE[dtype], f"seed {seed}"
 
