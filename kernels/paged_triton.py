@@ -446,25 +446,19 @@ def _prefill_blocks(dqk: int, dv: int) -> tuple[int, int, int, int]:
 DECODE_CONFIG = (64, 4, 2)  # BLOCK_N, warps, stages
 
 
-def decode_splits(num_tokens: int, heads: int, num_sms: int) -> int:
-    """Key splits per (token, head) so a decode batch fills the GPU twice over.
+# Key splits (waves, most): enough programs for `waves` per multiprocessor,
+# at most `most` splits. Decode: batch shape only, never sequence lengths, so
+# that a captured CUDA graph replays with the same grid whatever the lengths.
+# Prefill: for a few query rows over a long cached prefix (a returning user's
+# new events), which would otherwise walk all its keys in a handful of
+# programs while most of the GPU idles; large prefills get one split.
+DECODE_SPLITS = (8, 64)
+PREFILL_SPLITS = (2, 16)
 
-    Depends on the batch shape only, never on sequence lengths: a captured
-    CUDA graph replays with the same grid whatever the lengths are.
-    """
-    programs = max(num_tokens * heads, 1)
-    return max(1, min(64, triton.cdiv(8 * num_sms, programs)))
 
-
-def prefill_splits(tiles: int, heads: int, num_sms: int) -> int:
-    """Key splits per query tile so a prefill fills the GPU twice over.
-
-    Matters for a few query rows over a long cached prefix (a returning
-    user's new events): without splits, a handful of programs would walk
-    all of its keys while most of the GPU idles. Large prefills get 1.
-    """
-    programs = max(tiles * heads, 1)
-    return max(1, min(16, triton.cdiv(2 * num_sms, programs)))
+def key_splits(programs: int, num_sms: int, waves: int, most: int) -> int:
+    """Splits of each program's keys so that `programs` fill the GPU."""
+    return max(1, min(most, triton.cdiv(waves * num_sms, max(programs, 1))))
 
 
 def hstu_attention_triton(
@@ -514,8 +508,8 @@ def hstu_attention_triton(
     pos_w, ts_w = halved_tables or halve_bias_tables(pos_w, ts_w)
     scalars = (params.max_len, params.time_bucket_divisor, 1.0 / params.normalizer)
     if max_query_len == 1 and num_tokens == num_reqs:
-        splits = num_splits or decode_splits(
-            num_tokens, heads, _multiprocessors(query.device)
+        splits = num_splits or key_splits(
+            num_tokens * heads, _multiprocessors(query.device), *DECODE_SPLITS
         )
         block_n, warps, stages = decode_config or DECODE_CONFIG
         partial = torch.empty(
@@ -532,7 +526,9 @@ def hstu_attention_triton(
         return
     block_m, block_n, warps, stages = prefill_config or _prefill_blocks(dqk, dv)
     tiles = num_tokens // block_m + num_reqs
-    splits = num_splits or prefill_splits(tiles, heads, _multiprocessors(query.device))
+    splits = num_splits or key_splits(
+        tiles * heads, _multiprocessors(query.device), *PREFILL_SPLITS
+    )
     target = output
     if splits > 1:
         target = torch.empty(
