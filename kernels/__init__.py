@@ -1,8 +1,9 @@
 """HSTU attention kernels over vLLM's paged KV cache, and their references.
 
-`hstu_attention`, `write_kv_cache` and `gated_layer_norm` are the one
-interface the plugin calls: CUDA tensors run the Triton kernels
-(`paged_triton`), anything else the PyTorch path (`paged_torch`).
+`hstu_attention`, `candidate_attention`, `write_kv_cache` and
+`gated_layer_norm` are the one interface the plugin calls: CUDA tensors run
+the Triton kernels (`paged_triton`), anything else the PyTorch path
+(`paged_torch`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,38 @@ def hstu_attention(
         hstu_paged_attention(*args, params, output)
 
 
+def candidate_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    times: torch.Tensor,
+    limits: torch.Tensor,
+    candidate_start: torch.Tensor,
+    block_table: torch.Tensor,
+    kv_cache: torch.Tensor,
+    pos_w: torch.Tensor,
+    ts_w: torch.Tensor,
+    params: HSTUAttentionParams,
+    output: torch.Tensor,
+    halved_tables: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> None:
+    """Ranking candidates over their request's cached history and themselves.
+
+    See `paged_torch.candidate_attention_torch`; writes `output` `[C, heads,
+    value_dim]`.
+    """
+    args = (query, key, value, times, limits, candidate_start, block_table)
+    args += (kv_cache, pos_w, ts_w, params, output)
+    if query.is_cuda:
+        from .paged_triton import candidate_attention_triton
+
+        candidate_attention_triton(*args, halved_tables=halved_tables)
+    else:
+        from .paged_torch import candidate_attention_torch
+
+        candidate_attention_torch(*args)
+
+
 def write_kv_cache(
     key: torch.Tensor,
     value: torch.Tensor,
@@ -78,6 +111,7 @@ def gated_layer_norm(
 
 __all__ = [
     "HSTUAttentionParams",
+    "candidate_attention",
     "gated_layer_norm",
     "halve_bias_tables",
     "hstu_attention",

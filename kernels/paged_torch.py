@@ -135,6 +135,64 @@ def hstu_paged_attention(
         output[q_lo:q_hi, :, :dv] = out.to(output.dtype)
 
 
+def candidate_attention_torch(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    times: torch.Tensor,
+    limits: torch.Tensor,
+    candidate_start: torch.Tensor,
+    block_table: torch.Tensor,
+    kv_cache: torch.Tensor,
+    pos_w: torch.Tensor,
+    ts_w: torch.Tensor,
+    params: HSTUAttentionParams,
+    output: torch.Tensor,
+) -> None:
+    """Candidates' attention: each over its request's cached keys and itself.
+
+    Candidates of request r are rows `candidate_start[r] : candidate_start[r+1]`
+    of `query`/`key`/`value` (`[C, heads, dqk or dv]`, no slots); the request's
+    history is in the cache through `block_table[r]`. A candidate sees the
+    keys before its `limit` (its logical position) and its own key, which is
+    not in the cache; its query and key time is `times`.
+    """
+    dqk, dv, n = params.attention_dim, params.value_dim, params.max_len
+    hs = kv_cache.shape[-1] // 2
+    starts = candidate_start.tolist()
+    # Its own key: distance 0, time difference 0 (bucket 0).
+    own_bias = pos_w.float()[n - 1] + ts_w.float()[0]
+    for r in range(len(starts) - 1):
+        lo, hi = starts[r], starts[r + 1]
+        if hi == lo:
+            continue
+        q = query[lo:hi].float()
+        limit = limits[lo:hi].long()
+        seen = int(limit.max())
+        slots = gather_request_kv(kv_cache, block_table[r], seen).float()
+        keys = slots[..., :dqk]
+        values = slots[..., hs : hs + dv]
+        key_times = times_from_slots(slots[:, 0, dqk : dqk + TIME_SLOTS])
+        pos_k = torch.arange(seen)
+        visible = pos_k[None, :] < limit[:, None]
+        distance = pos_k[None, :] - limit[:, None]
+        buckets = time_buckets(
+            times[lo:hi, None] - key_times[None, :],
+            ts_w.numel() - 1,
+            params.time_bucket_divisor,
+        )
+        rab = (
+            pos_w.float()[(distance + n - 1).clamp(0, 2 * n - 2)]
+            + ts_w.float()[buckets]
+        )
+        scores = torch.einsum("ihd,jhd->hij", q, keys) + rab[None]
+        attn = F.silu(scores) / params.normalizer * visible[None]
+        out = torch.einsum("hij,jhd->ihd", attn, values)
+        own = (q * key[lo:hi].float()).sum(-1) + own_bias
+        out += (F.silu(own) / params.normalizer)[..., None] * value[lo:hi].float()
+        output[lo:hi] = out.to(output.dtype)
+
+
 def write_kv_cache(
     key: torch.Tensor,
     value: torch.Tensor,

@@ -14,6 +14,10 @@ Same contract as `paged_torch` (layout, positions, key-limit masks). Kernels:
 * `_decode_kernel`: one query token per request. Memory-bound; the keys of a
   request are split across `num_splits` programs whose partial outputs are
   simply summed (again: no softmax to renormalise).
+* `_candidate_kernel`: ranking candidates, which are not tokens: query rows
+  of all candidates of all requests (found by the same binary search, over
+  `candidate_start`) against their request's cached history up to each one's
+  key limit, plus each one's own key and value, passed beside the cache.
 * `_gated_layer_norm_kernel`: `u * LayerNorm(attention)`, reading the
   attention output straight from the `[T, heads, cache_head_size]` buffer.
 * `_write_kv_kernel`: stores new keys and values in their cache slots.
@@ -363,6 +367,66 @@ def _decode_kernel(
 
 
 @triton.jit
+def _candidate_kernel(
+    Q, K, V, TIMES, LIMITS, KV, OUT, BLOCK_TABLE, CANDIDATE_START, POS_W, TS_W,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+    stride_kvb, stride_kvh, stride_kvn, stride_ot, stride_oh, stride_bt,
+    num_reqs, max_len, divisor, inv_normalizer,
+    DQK: tl.constexpr, DV: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, HS: tl.constexpr,
+    PAGE: tl.constexpr, NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr,
+    FAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """BLOCK_M candidates of one request and one head: their request's cached
+    keys before each one's limit, then each one's own key (not cached)."""
+    q_block = tl.program_id(0)
+    head = tl.program_id(1)
+    req = _find_request(CANDIDATE_START, q_block, num_reqs, BLOCK_M)
+    c_start = tl.load(CANDIDATE_START + req)
+    c_len = tl.load(CANDIDATE_START + req + 1) - c_start
+    local = q_block - (c_start // BLOCK_M + req)
+    if local * BLOCK_M >= c_len:
+        return
+
+    m = local * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = m < c_len
+    row = (c_start + m).to(tl.int64)
+    d_qk = tl.arange(0, BLOCK_DQK)
+    d_v = tl.arange(0, BLOCK_DV)
+    qk_mask = m_ok[:, None] & (d_qk[None, :] < DQK)
+    q = tl.load(Q + row[:, None] * stride_qt + head * stride_qh + d_qk[None, :],
+                mask=qk_mask, other=0.0) * 0.5  # fmt: skip
+    when = tl.load(TIMES + row, mask=m_ok, other=0)
+    high_q = (when >> 16).to(tl.float32)
+    low_q = (when & 0xFFFF).to(tl.float32)
+    limit = tl.load(LIMITS + row, mask=m_ok, other=0)
+    row_offset = max_len - 1 - limit
+    never = tl.full([BLOCK_M], -1, tl.int32)  # own keys are not in the cache
+    prefix_end = tl.max(limit, axis=0)
+    table = BLOCK_TABLE + req.to(tl.int64) * stride_bt
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    for block in range(0, tl.cdiv(prefix_end, BLOCK_N)):
+        acc = _attend_block(
+            acc, q, never, limit, row_offset, high_q, low_q, block * BLOCK_N,
+            prefix_end, table, KV, POS_W, TS_W, stride_kvb, stride_kvh,
+            stride_kvn, head, max_len, divisor, DQK, DV, BLOCK_DQK, BLOCK_DV, HS,
+            PAGE, NUM_BUCKETS, PRECISION, FAST, BLOCK_N,
+        )  # fmt: skip
+
+    # Own key: distance 0 and time difference 0 (bucket 0); halved tables.
+    k = tl.load(K + row[:, None] * stride_kt + head * stride_kh + d_qk[None, :],
+                mask=qk_mask, other=0.0)  # fmt: skip
+    v = tl.load(V + row[:, None] * stride_vt + head * stride_vh + d_v[None, :],
+                mask=m_ok[:, None] & (d_v[None, :] < DV), other=0.0)  # fmt: skip
+    own = tl.sum(q.to(tl.float32) * k.to(tl.float32), axis=1)
+    own = 2.0 * (own + tl.load(POS_W + max_len - 1) + tl.load(TS_W))
+    acc += (own * tl.sigmoid(own))[:, None] * v.to(tl.float32)
+    out = OUT + row[:, None] * stride_ot + head * stride_oh + d_v[None, :]
+    tl.store(out, (acc * inv_normalizer).to(OUT.dtype.element_ty),
+             mask=m_ok[:, None] & (d_v[None, :] < DV))  # fmt: skip
+
+
+@triton.jit
 def _write_kv_kernel(
     KEY, VALUE, KV, SLOTS, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_kvb, stride_kvh, stride_kvn, HS: tl.constexpr, PAGE: tl.constexpr,
@@ -544,6 +608,50 @@ def hstu_attention_triton(
     )  # fmt: skip
     if splits > 1:
         output[..., :dv] = target.sum(dim=0)
+
+
+def candidate_attention_triton(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    times: torch.Tensor,
+    limits: torch.Tensor,
+    candidate_start: torch.Tensor,
+    block_table: torch.Tensor,
+    kv_cache: torch.Tensor,
+    pos_w: torch.Tensor,
+    ts_w: torch.Tensor,
+    params: HSTUAttentionParams,
+    output: torch.Tensor,
+    halved_tables: tuple[torch.Tensor, torch.Tensor] | None = None,
+    config: tuple[int, int, int, int] | None = None,
+) -> None:
+    """Triton `paged_torch.candidate_attention_torch`: one launch for all
+    candidates of all requests; `config` overrides (BLOCK_M, BLOCK_N, warps,
+    stages)."""
+    num_candidates, heads = query.shape[0], query.shape[1]
+    num_reqs = candidate_start.shape[0] - 1
+    if num_candidates == 0:
+        return
+    dqk, dv = params.attention_dim, params.value_dim
+    block_m, block_n, warps, stages = config or _prefill_blocks(dqk, dv)
+    pos_w, ts_w = halved_tables or halve_bias_tables(pos_w, ts_w)
+    tiles = num_candidates // block_m + num_reqs
+    _candidate_kernel[(tiles, heads)](
+        query, key, value, times, limits, kv_cache, output, block_table,
+        candidate_start, pos_w, ts_w,
+        query.stride(0), query.stride(1), key.stride(0), key.stride(1),
+        value.stride(0), value.stride(1),
+        kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2),
+        output.stride(0), output.stride(1), block_table.stride(0),
+        num_reqs, params.max_len, params.time_bucket_divisor,
+        1.0 / params.normalizer,
+        FAST=query.is_cuda and query.dtype != torch.float32, PRECISION="ieee",
+        DQK=dqk, DV=dv, BLOCK_DQK=_block(dqk), BLOCK_DV=_block(dv),
+        HS=kv_cache.shape[-1] // 2, PAGE=kv_cache.shape[2],
+        NUM_BUCKETS=ts_w.numel() - 1, BLOCK_M=block_m, BLOCK_N=block_n,
+        num_warps=warps, num_stages=stages,
+    )  # fmt: skip
 
 
 @torch.library.custom_op("vllm_mtgr::gated_layer_norm", mutates_args=())

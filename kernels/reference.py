@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -291,6 +292,9 @@ class _GroupNorm(nn.Module):
         return normed * self.weight[groups] + self.bias[groups]
 
 
+PROFILE, HISTORY, REALTIME, CANDIDATE = range(4)  # MTGR's token groups
+
+
 class _RankingLayer(nn.Module):
     def __init__(self, config, groups: int) -> None:
         super().__init__()
@@ -318,7 +322,6 @@ class MTGRReference(nn.Module):
 
     def __init__(self, config) -> None:
         super().__init__()
-        from vllm_mtgr.ranking_request import NUM_GROUPS
         from vllm_mtgr.scoring_head import ScoringHead
 
         d = config.hidden_size
@@ -335,61 +338,80 @@ class MTGRReference(nn.Module):
         self.model.candidate_mlp.in_proj = nn.Linear(d + config.num_cross_features, d)
         self.model.candidate_mlp.out_proj = nn.Linear(d, d)
         self.model.layers = nn.ModuleList(
-            _RankingLayer(config, NUM_GROUPS) for _ in range(config.num_hidden_layers)
+            _RankingLayer(config, CANDIDATE + 1)
+            for _ in range(config.num_hidden_layers)
         )
         self.scoring_head = ScoringHead(
             d, config.head_hidden_size, len(config.task_names), config.layer_norm_eps
         )
 
-    def _tokens(self, request) -> dict[str, torch.Tensor]:
-        """Per token: group, item, action, time, logical position, key limit."""
-        from vllm_mtgr.ranking_request import CANDIDATE, HISTORY, PROFILE, REALTIME
+    def _tokens(self, request: Mapping) -> dict[str, torch.Tensor]:
+        """Per token: group, item, action, time, logical position, key limit.
 
-        h, r, c = request.history, request.realtime, len(request.candidates)
-        p = len(request.profile)
-        context = request.context_end
+        `request` is the plain JSON form (lists), read here without the
+        serving side's parser, defaults included: a missing request time is
+        the last event's, a missing candidate time the request time.
+        """
+        profile = list(request.get("profile", []))
+        history = request.get("history") or {}
+        realtime = request.get("realtime") or {}
+        candidates = request["candidates"]
+        h_items, r_items = (
+            list(history.get("items", [])),
+            list(realtime.get("items", [])),
+        )
+        h_times = list(history.get("timestamps", []))
+        r_times = list(realtime.get("timestamps", []))
+        events = h_times + r_times
+        when = request.get("request_timestamp")
+        when = (events[-1] if events else 0) if when is None else when
+        count = len(candidates["items"])
+        times = list(candidates.get("timestamps") or [when] * count)
+        p = len(profile)
+        context = p + len(h_items)
         # Candidates see the real-time events at or before their time.
-        limits = [
-            context + sum(t <= when for t in r.timestamps)
-            for when in request.candidate_times
-        ]
+        limits = [context + sum(t <= c for t in r_times) for c in times]
+        actions = [0] * (p + len(h_items) + len(r_items))
+        for offset, part in ((p, history), (p + len(h_items), realtime)):
+            for i, action in enumerate(part.get("actions") or []):
+                actions[offset + i] = action
+        profile_time = h_times[-1] if h_times else 0
         values = {
             "groups": [PROFILE] * p
-            + [HISTORY] * len(h.items)
-            + [REALTIME] * len(r.items)
-            + [CANDIDATE] * c,
-            "times": [request.profile_time] * p
-            + list(h.timestamps)
-            + list(r.timestamps)
-            + list(request.candidate_times),
-            "limits": [context] * context + [0] * len(r.items) + limits,
-            "positions": list(range(request.candidate_start)) + limits,
-            "items": [0] * p + list(h.items) + list(r.items),
-            "actions": list(h.actions) + list(r.actions),
+            + [HISTORY] * len(h_items)
+            + [REALTIME] * len(r_items)
+            + [CANDIDATE] * count,
+            "times": [profile_time] * p + h_times + r_times + times,
+            "limits": [context] * context + [0] * len(r_items) + limits,
+            "positions": list(range(context + len(r_items))) + limits,
+            "items": h_items + r_items,
+            "actions": actions[p:],
+            "profile": profile,
+            "candidates": list(candidates["items"]),
         }
         return {k: torch.tensor(v, dtype=torch.long) for k, v in values.items()}
 
-    def _embed(self, request, tokens) -> torch.Tensor:
+    def _embed(self, request: Mapping, tokens) -> torch.Tensor:
         m, d = self.model, self.config.hidden_size
         parts = []
-        if request.profile:
-            parts.append(m.profile_embedding(torch.tensor(request.profile)))
-        events = tokens["items"][len(request.profile) :]
-        if len(events):
-            x = m.item_embedding(events) * math.sqrt(d)
+        if len(tokens["profile"]):
+            parts.append(m.profile_embedding(tokens["profile"]))
+        if len(tokens["items"]):
+            x = m.item_embedding(tokens["items"]) * math.sqrt(d)
             if self.config.num_action_types:
                 x = x + m.action_embedding(tokens["actions"])
             parts.append(x)
-        candidates = m.item_embedding(torch.tensor(request.candidates))
-        features = torch.tensor(request.features, dtype=candidates.dtype).reshape(
-            len(request.candidates), self.config.num_cross_features
-        )
+        candidates = m.item_embedding(tokens["candidates"])
+        features = torch.tensor(
+            request["candidates"].get("features") or [[]] * len(candidates),
+            dtype=candidates.dtype,
+        ).reshape(len(candidates), self.config.num_cross_features)
         hidden = F.silu(m.candidate_mlp.in_proj(torch.cat([candidates, features], -1)))
         parts.append(m.candidate_mlp.out_proj(hidden))
         return torch.cat(parts) + m.position_embedding(tokens["positions"])
 
-    def scores(self, request) -> torch.Tensor:
-        """`[candidates, tasks]` probabilities."""
+    def scores(self, request: Mapping) -> torch.Tensor:
+        """`[candidates, tasks]` probabilities of a request in its JSON form."""
         config = self.config
         h, dqk, dv = config.num_attention_heads, config.attention_dim, config.linear_dim
         n = config.max_position_embeddings
@@ -426,4 +448,4 @@ class MTGRReference(nn.Module):
             out = torch.einsum("hij,jhd->ihd", attn, v.view(length, h, dv))
             gated = u * layer.output_norm(out.reshape(length, h * dv), groups)
             x = x + layer.o_proj(gated)
-        return self.scoring_head(x[request.candidate_start :])
+        return self.scoring_head(x[-len(tokens["candidates"]) :])

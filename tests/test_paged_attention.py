@@ -6,8 +6,8 @@ import random
 
 import pytest
 import torch
-from attention_cases import make_case, relative_error
-from vllm_mtgr.kernels import hstu_attention, write_kv_cache
+from attention_cases import make_candidate_case, make_case, relative_error
+from vllm_mtgr.kernels import candidate_attention, hstu_attention, write_kv_cache
 
 CASES = {
     "ragged_prefill": ([37, 5, 64, 1], [37, 5, 64, 1]),
@@ -58,3 +58,18 @@ def test_kv_cache_write_follows_the_slot_mapping():
     assert torch.equal(cache[1, :, 1, :5], key[0])
     assert torch.equal(cache[0, :, 3, 5:], value[1])
     assert cache.count_nonzero() == 2 * 2 * 10
+
+
+@pytest.mark.parametrize(
+    ("history_lens", "counts"),
+    [([40, 7, 100], [9, 1, 30]), ([16, 33], [5, 64]), ([1], [3])],
+    ids=["ragged", "block_boundaries", "one_key"],
+)
+def test_candidates_attend_to_their_history_and_themselves(history_lens, counts):
+    seed = random.randrange(2**31)
+    case = make_candidate_case(
+        history_lens, counts, generator=torch.Generator().manual_seed(seed)
+    )
+    got = case.run(candidate_attention)
+    assert not got.isnan().any(), f"seed {seed}"
+    assert relative_error(got, case.expected) < 1e-5, f"seed {seed}"

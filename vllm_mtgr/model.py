@@ -147,6 +147,39 @@ class HSTUBlock(nn.Module):
             self.input_norm = GroupAffine(num_groups, config.hidden_size)
             self.output_norm = GroupAffine(num_groups, total_heads * self.dv)
 
+    def project(
+        self, x: torch.Tensor, groups: torch.Tensor | int | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """(u, v, q, k) of each token, `[T, heads * dim]` each."""
+        h, dqk, dv = self.heads, self.dqk, self.dv
+        normed = F.layer_norm(x, x.shape[-1:], eps=self.eps)
+        if self.input_norm is not None:
+            normed = self.input_norm(normed, groups)
+        uvqk, _ = self.uvqk_proj(normed)
+        return F.silu(uvqk).split([h * dv, h * dv, h * dqk, h * dqk], dim=-1)
+
+    def finish(
+        self,
+        x: torch.Tensor,
+        attention: torch.Tensor,
+        u: torch.Tensor,
+        groups: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        """x + o_proj(u * norm(attention)); `attention` is `[T, heads, width]`
+        with each head's values first."""
+        h, dv = self.heads, self.dv
+        if self.output_norm is not None:
+            values = attention[..., :dv].reshape(-1, h * dv)
+            normed = F.layer_norm(values, values.shape[-1:], eps=self.eps)
+            gated = u * self.output_norm(normed, groups)
+        elif self.tp_size == 1:
+            gated = gated_layer_norm(attention, dv, u, self.eps)
+        else:
+            values = attention[..., :dv].reshape(-1, h * dv)
+            gated = u * _layer_norm(values, self.eps, self.tp_size)
+        out, _ = self.o_proj(gated)
+        return x + out
+
     def forward(
         self,
         x: torch.Tensor,
@@ -154,30 +187,14 @@ class HSTUBlock(nn.Module):
         query_slots: torch.Tensor,
         groups: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        h, dqk, dv = self.heads, self.dqk, self.dv
-        width = self.params.cache_head_size
-        normed = F.layer_norm(x, x.shape[-1:], eps=self.eps)
-        if self.input_norm is not None:
-            normed = self.input_norm(normed, groups)
-        uvqk, _ = self.uvqk_proj(normed)
-        u, v, q, k = F.silu(uvqk).split([h * dv, h * dv, h * dqk, h * dqk], dim=-1)
+        h, width = self.heads, self.params.cache_head_size
+        u, v, q, k = self.project(x, groups)
         attn = self.attn(
             _with_slots(q, h, query_slots, width),
             _with_slots(k, h, key_slots, width),
             _with_slots(v, h, None, width),
         )
-        attn = attn.view(-1, h, width)
-        if self.output_norm is not None:
-            values = attn[..., :dv].reshape(-1, h * dv)
-            normed = F.layer_norm(values, values.shape[-1:], eps=self.eps)
-            gated = u * self.output_norm(normed, groups)
-        elif self.tp_size == 1:
-            gated = gated_layer_norm(attn, dv, u, self.eps)
-        else:
-            values = attn[..., :dv].reshape(-1, h * dv)
-            gated = u * _layer_norm(values, self.eps, self.tp_size)
-        out, _ = self.o_proj(gated)
-        return x + out
+        return self.finish(x, attn.view(-1, h, width), u, groups)
 
 
 @support_torch_compile(

@@ -1,16 +1,20 @@
 """MTGR ranking (`MTGRForRanking`) on vLLM's pooling runner.
 
-One request holds a user's profile, long and real-time history, and all
-candidates to score; one forward pass scores them all (DESIGN section 3:
-token groups, group LayerNorm, the dynamic mixed mask, a fixed attention
-normaliser, one head per task). The candidates' final hidden states go
-through `ScoringHead`, which `vllm_mtgr.trt` also exports.
+One request holds a user's profile, long and real-time history, and the
+candidates to score (DESIGN section 3: token groups, group LayerNorm, the
+dynamic mixed mask, a fixed attention normaliser, one head per task). The
+history is the prompt: vLLM's forward computes it into the paged KV cache,
+reusing a returning user's cached blocks. The candidates are not tokens
+(`vllm_mtgr.candidates` says why and how they reach the worker): the pooler
+runs all candidates of the requests a step finishes through the layers at
+once, each layer's attention one launch over the history pages, and scores
+them with `ScoringHead`, which `vllm_mtgr.trt` also exports.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 
 import numpy as np
 import torch
@@ -24,15 +28,28 @@ from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmb
 from vllm.model_executor.models.interfaces import SupportsMRoPE, SupportsMultiModal
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
+from vllm_mtgr import compat
+from vllm_mtgr.attention import KERNEL_BLOCK_MULTIPLE
+from vllm_mtgr.candidates import (
+    FIELDS as CANDIDATE_FIELDS,
+)
+from vllm_mtgr.candidates import (
+    ROWS_PER_PASS,
+    CandidateBatch,
+    CandidateRegistry,
+    passes,
+)
 from vllm_mtgr.config import MTGRConfig
 from vllm_mtgr.events import (
     KEY_LIMIT_SLOTS,
     byte_slots,
     decode_position_rows,
     decode_ranking_rows,
+    decode_tickets,
     encode_ranking_rows,
     time_slots,
 )
+from vllm_mtgr.kernels import candidate_attention
 from vllm_mtgr.model import (
     HSTUBlock,
     as_tensor_list,
@@ -41,7 +58,6 @@ from vllm_mtgr.model import (
 )
 from vllm_mtgr.multimodal import to_device_by_item
 from vllm_mtgr.ranking_multimodal import (
-    CANDIDATES_ITEM,
     CONTEXT_ITEM,
     MODALITY,
     ROW_FIELDS,
@@ -49,12 +65,12 @@ from vllm_mtgr.ranking_multimodal import (
     RankingMultiModalProcessor,
     RankingProcessingInfo,
 )
-from vllm_mtgr.ranking_request import NUM_GROUPS
+from vllm_mtgr.ranking_request import CANDIDATE, NUM_GROUPS
 from vllm_mtgr.scoring_head import ScoringHead
 
 
 class CandidateMLP(nn.Module):
-    """A candidate token: MLP(item embedding, user-item cross features)."""
+    """A candidate's input state: MLP(item embedding, user-item cross features)."""
 
     def __init__(self, hidden_size: int, num_features: int) -> None:
         super().__init__()
@@ -105,10 +121,8 @@ class MTGRRankingModel(nn.Module):
         return x
 
     def embed_item(self, kind: int, fields: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Token embeddings of one ranking item (context, events or candidates)."""
+        """Token embeddings of one ranking item (the context or real-time events)."""
         values = fields["values"]
-        if kind == CANDIDATES_ITEM:
-            return self.candidate_mlp(self.item_embedding(values), fields["features"])
         if kind == CONTEXT_ITEM:
             profile = self.config.num_profile_features
             return torch.cat(
@@ -150,50 +164,51 @@ class MTGRRankingModel(nn.Module):
             x = layer(x, key_slots, query_slots, groups)
         return x
 
+    def forward_candidates(
+        self, batch: CandidateBatch, kv_caches: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        """Final hidden states `[C, D]` of a batch's candidates, over the
+        requests' histories in `kv_caches` (one per layer)."""
+        x = self.candidate_mlp(self.item_embedding(batch.items), batch.features)
+        x = x + self.position_embedding(batch.limits)
+        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+            u, v, q, k = layer.project(x, CANDIDATE)
+            rows, h, dqk, dv = x.shape[0], layer.heads, layer.dqk, layer.dv
+            attention = x.new_empty(rows, h, dv)
+            bias = layer.attn.relative_bias
+            candidate_attention(
+                q.view(rows, h, dqk), k.view(rows, h, dqk), v.view(rows, h, dv),
+                batch.times, batch.limits, batch.start, batch.block_table,
+                kv_cache, bias.position_weight, bias.time_weight, layer.params,
+                attention, halved_tables=bias.halved_tables,
+            )  # fmt: skip
+            x = layer.finish(x, attention, u, CANDIDATE)
+        return x
+
 
 class CandidatePooler(Pooler):
-    """Scores every candidate of a request when its prefill completes.
+    """Scores the candidates of the requests whose history a step completes.
 
-    Candidates are the prompt's `<candidate>` tokens; they are all computed in
-    the request's last step (see `vllm_mtgr.ranking_multimodal`). Output per
-    request: `[candidates, tasks]` probabilities.
+    Output per finished request: `[candidates, tasks]` probabilities (None
+    for a request still in prefill).
     """
 
     def __init__(
-        self, score: Callable[[torch.Tensor], torch.Tensor], candidate_token_id: int
+        self, score: Callable[[list[bool], torch.Tensor], list[torch.Tensor | None]]
     ) -> None:
         super().__init__()
-        # A callable, not the head module: the weights stay `scoring_head.*`.
+        # A callable, not the model: a module here would be a submodule loop.
         self.score = score
-        self.candidate_token_id = candidate_token_id
 
     def get_supported_tasks(self) -> Set[str]:
         return {"plugin"}
 
     def get_pooling_updates(self, task: str) -> PoolingParamsUpdate:
-        return PoolingParamsUpdate(requires_token_ids=True)
+        return PoolingParamsUpdate()
 
     def forward(self, hidden_states: torch.Tensor, pooling_metadata) -> list:
         cursor = pooling_metadata.get_pooling_cursor()
-        scheduled = cursor.num_scheduled_tokens_cpu.tolist()
-        chunks = torch.split(hidden_states[: sum(scheduled)], scheduled)
-        prompts = pooling_metadata.get_prompt_token_ids_cpu()
-        outputs: list[torch.Tensor | None] = []
-        for chunk, token_ids, seq_len, count, finished in zip(
-            chunks,
-            prompts,
-            cursor.seq_lens_cpu.tolist(),
-            scheduled,
-            cursor.is_finished().tolist(),
-            strict=True,
-        ):
-            if not finished:
-                outputs.append(None)
-                continue
-            step_tokens = token_ids[seq_len - count : seq_len]
-            rows = (step_tokens == self.candidate_token_id).nonzero().squeeze(-1)
-            outputs.append(self.score(chunk[rows.to(chunk.device)]).float())
-        return outputs
+        return self.score(cursor.is_finished().tolist(), cursor.last_token_indices_gpu)
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -217,9 +232,13 @@ class MTGRForRanking(nn.Module, SupportsMultiModal, SupportsMRoPE):
             len(config.task_names),
             config.layer_norm_eps,
         )
-        self.pooler = CandidatePooler(
-            self.scoring_head.forward, config.candidate_token_id
-        )
+        self.pooler = CandidatePooler(self.score_finished)
+        max_seqs = vllm_config.scheduler_config.max_num_seqs
+        self.candidates = CandidateRegistry(capacity=8 * max_seqs)
+        self._profile_rows = min(ROWS_PER_PASS, max_seqs * config.max_candidates)
+        self._layer_name = self.model.layers[0].attn.layer_name
+        # (positions, attention metadata) of the step's forward, for the pooler.
+        self._step: tuple[torch.Tensor, object] | None = None
 
     def get_language_model(self) -> nn.Module:
         return self.model
@@ -231,7 +250,7 @@ class MTGRForRanking(nn.Module, SupportsMultiModal, SupportsMRoPE):
     def embed_multimodal(self, **kwargs: object) -> Sequence[torch.Tensor]:
         device = self.model.position_embedding.weight.device
         kinds = [int(kind[0]) for kind in as_tensor_list(kwargs["kind"])]
-        names = ("values", "actions", "features")
+        names = ("values", "actions")
         fields = {
             name: to_device_by_item(as_tensor_list(kwargs[name]), device)
             for name in names
@@ -257,19 +276,26 @@ class MTGRForRanking(nn.Module, SupportsMultiModal, SupportsMRoPE):
     ) -> tuple[torch.Tensor, int]:
         length = len(input_tokens)
         rows = {name: np.zeros(length, dtype=np.int64) for name in ROW_FIELDS}
+        candidates: Mapping[str, np.ndarray] | None = None
         for feature in mm_features:
             if feature.modality != MODALITY:
                 continue
             start = feature.mm_position.offset
             end = start + feature.mm_position.length
+            data = {name: feature.data[name].data.numpy() for name in feature.data}
             for name in ROW_FIELDS:
-                rows[name][start:end] = feature.data[name].data.numpy()
+                rows[name][start:end] = data[name]
+            if len(data["candidate_items"]):
+                candidates = {name: data[name] for name in CANDIDATE_FIELDS}
+        if candidates is None:
+            raise ValueError("a ranking request reached the model without candidates")
         encoded = encode_ranking_rows(
             rows["positions"],
             rows["key_times"],
             rows["query_times"],
             rows["limits"],
             rows["groups"],
+            ticket=self.candidates.file(candidates),
         )
         return torch.from_numpy(encoded), np.int64(0)
 
@@ -281,7 +307,60 @@ class MTGRForRanking(nn.Module, SupportsMultiModal, SupportsMRoPE):
         inputs_embeds: torch.Tensor | None = None,
         **_kwargs: object,
     ) -> torch.Tensor:
+        self._step = (positions, compat.step_attention_metadata(self._layer_name))
         return self.model(input_ids, positions, inputs_embeds)
+
+    def score_finished(
+        self, finished: list[bool], last_tokens: torch.Tensor
+    ) -> list[torch.Tensor | None]:
+        """Candidates' scores of each finished request (see CandidatePooler)."""
+        step, self._step = self._step, None
+        if step is None or step[1] is None:  # profiling: no requests, no cache
+            return [self._profile_candidates()] * len(finished)
+        positions, metadata = step
+        outputs: list[torch.Tensor | None] = [None] * len(finished)
+        rows = [i for i, done in enumerate(finished) if done]
+        if not rows:
+            return outputs
+        index = torch.tensor(rows, device=last_tokens.device)
+        tickets = decode_tickets(positions[2, last_tokens[index]]).tolist()
+        if 0 in tickets:  # the engine's warm-up: dummy requests, no candidates
+            return [self._profile_candidates()] * len(finished)
+        entries = [self.candidates.take(ticket) for ticket in tickets]
+        block_table = metadata.block_table[index.to(metadata.block_table.device)]
+        kv_caches = [layer.attn.kv_cache for layer in self.model.layers]
+        for group in passes([len(entry["candidate_items"]) for entry in entries]):
+            batch = CandidateBatch.build(
+                entries[group], block_table[group], positions.device
+            )
+            hidden = self.model.forward_candidates(batch, kv_caches)
+            scores = self.scoring_head(hidden).float()
+            for row, score in zip(rows[group], scores.split(batch.counts), strict=True):
+                outputs[row] = score
+        return outputs
+
+    def _profile_candidates(self) -> torch.Tensor:
+        """The largest candidate pass, over empty histories: memory profiling
+        sees its activations. Returns one dummy request's scores."""
+        device = self.model.position_embedding.weight.device
+        rows = self._profile_rows
+        zeros = torch.zeros(rows, dtype=torch.int64, device=device)
+        batch = CandidateBatch(
+            items=zeros + 1,
+            features=torch.zeros(rows, self.config.num_cross_features, device=device),
+            times=zeros,
+            limits=zeros.int(),  # no history keys: the cache is never read
+            start=torch.tensor([0, rows], dtype=torch.int32, device=device),
+            block_table=torch.zeros(1, 1, dtype=torch.int32, device=device),
+            counts=[rows],
+        )
+        layer = self.model.layers[0]
+        width = 2 * layer.params.cache_head_size
+        dtype = self.model.position_embedding.weight.dtype
+        empty = torch.zeros(1, layer.heads, KERNEL_BLOCK_MULTIPLE, width, dtype=dtype,
+                            device=device)  # fmt: skip
+        hidden = self.model.forward_candidates(batch, [empty] * len(self.model.layers))
+        return self.scoring_head(hidden[:1]).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         return load_weights_by_name(self, weights)

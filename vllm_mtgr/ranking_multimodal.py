@@ -2,22 +2,21 @@
 
 `multi_modal_data={"ranking": request}` carries the public request object
 (`vllm_mtgr.ranking_request`), or the `RankingRequest` the IO processor has
-already parsed from it; the processor validates the former, rebuilds the
-prompt from it and emits three kinds of items, all with the same fields:
+already parsed from it; the processor validates the former, builds the prompt
+(the user's history) from it and emits:
 
 * the context (profile + long history), one item, never split: its tokens
   attend to each other both ways, so every cached block of it depends on all
   of it, and its hash (all of its content) enters every one of its blocks;
 * the real-time history, in `REALTIME_CHUNK_TOKENS` chunks (causal, so a
-  returning user's new events reuse the blocks before them);
-* the candidates, one item whose hash includes a per-request nonce: their
-  blocks are never reused, so every candidate is computed, in the request's
-  last step, where the pooler reads it.
+  returning user's new events reuse the blocks before them).
+
+The candidates are not tokens: they ride as the `candidates.FIELDS` of the
+last item (empty in the others), outside its hash (see `vllm_mtgr.candidates`).
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 
 import numpy as np
@@ -37,10 +36,10 @@ from vllm.multimodal.processing import (
 )
 
 from vllm_mtgr import compat
+from vllm_mtgr.candidates import FIELDS as CANDIDATE_FIELDS
 from vllm_mtgr.events import content_hash
 from vllm_mtgr.multimodal import host_fields
 from vllm_mtgr.ranking_request import (
-    CANDIDATE,
     HISTORY,
     PROFILE,
     REALTIME,
@@ -50,10 +49,10 @@ from vllm_mtgr.ranking_request import (
 )
 
 MODALITY = "ranking"
-CONTEXT_ITEM, EVENTS_ITEM, CANDIDATES_ITEM = range(3)
+CONTEXT_ITEM, EVENTS_ITEM = range(2)
 # Per-token fields the position rows need.
 ROW_FIELDS = ("positions", "key_times", "query_times", "limits", "groups")
-EMBEDDING_FIELDS = ("kind", "values", "actions", "features")
+EMBEDDING_FIELDS = ("kind", "values", "actions")
 # Finer than retrieval's event chunks: a real-time history is short (tens of
 # events) and grows by one or two events between requests, so small chunks
 # keep more of it cached, and a request has only a few of them.
@@ -73,10 +72,8 @@ class RankingItems(
 
     def get_count(self) -> int:
         realtime = len(self.request.realtime.items)
-        return (
-            (1 if self.request.context_end else 0)
-            + -(-realtime // REALTIME_CHUNK_TOKENS)
-            + 1
+        return (1 if self.request.context_end else 0) + -(
+            -realtime // REALTIME_CHUNK_TOKENS
         )
 
     def get(self, index: int) -> RankingRequest:
@@ -121,7 +118,7 @@ class RankingProcessingInfo(BaseProcessingInfo):
 
 
 class RankingDummyInputsBuilder(BaseDummyInputsBuilder[RankingProcessingInfo]):
-    """Profiling input: the longest context the model takes, one candidate."""
+    """Profiling input: the longest history the model takes, one candidate."""
 
     def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
         return ""  # the processor builds the prompt from the request
@@ -130,8 +127,8 @@ class RankingDummyInputsBuilder(BaseDummyInputsBuilder[RankingProcessingInfo]):
         if not mm_counts.get(MODALITY):
             return {}
         config = self.info.get_hf_config()
-        longest = min(config.max_position_embeddings, seq_len)
-        history = max(longest - config.num_profile_features - 1, 0)
+        longest = min(config.max_position_embeddings - 1, seq_len)
+        history = max(longest - config.num_profile_features, 0)
         return {
             MODALITY: {
                 "profile": [0] * config.num_profile_features,
@@ -147,13 +144,12 @@ class RankingDummyInputsBuilder(BaseDummyInputsBuilder[RankingProcessingInfo]):
 
 
 def _fields_config() -> dict[str, MultiModalFieldConfig]:
-    return host_fields(MODALITY, ROW_FIELDS + EMBEDDING_FIELDS)
+    return host_fields(MODALITY, ROW_FIELDS + EMBEDDING_FIELDS + CANDIDATE_FIELDS)
 
 
-def ranking_items(
-    request: RankingRequest, num_features: int
-) -> list[tuple[int, dict[str, np.ndarray]]]:
-    """(offset, per-token arrays) for each item of a request, in prompt order.
+def ranking_items(request: RankingRequest) -> list[tuple[int, dict[str, np.ndarray]]]:
+    """(offset, per-token arrays) for each item of a request, in prompt order;
+    the last item also holds the candidates' arrays, the others empty ones.
 
     Key and query time are equal for every token (see ranking_request).
     """
@@ -161,7 +157,7 @@ def ranking_items(
     context = request.context_end
     items: list[tuple[int, dict[str, np.ndarray]]] = []
 
-    def item(kind, offset, values, actions, times, limits, groups, positions, features):
+    def item(kind, offset, values, actions, times, limits, groups, positions):
         times = np.asarray(times, dtype=np.int64)
         items.append(
             (
@@ -170,7 +166,6 @@ def ranking_items(
                     "kind": np.array([kind]),
                     "values": np.asarray(values, dtype=np.int64),
                     "actions": np.asarray(actions, dtype=np.int64),
-                    "features": features,
                     "positions": np.asarray(positions, dtype=np.int64),
                     "key_times": times,
                     "query_times": times,
@@ -180,21 +175,17 @@ def ranking_items(
             )
         )
 
-    def no_features(count: int) -> np.ndarray:
-        return np.zeros((count, num_features), np.float32)
-
     if context:
         p = len(request.profile)
         item(
             CONTEXT_ITEM,
             0,
-            request.profile + h.items,
-            (0,) * p + h.actions,
-            (request.profile_time,) * p + h.timestamps,
+            np.concatenate([request.profile, h.items]),
+            np.concatenate([np.zeros(p, np.int64), h.actions]),
+            np.concatenate([np.full(p, request.profile_time), h.timestamps]),
             np.full(context, context),
             np.repeat(np.array([PROFILE, HISTORY]), [p, len(h.items)]),
             np.arange(context),
-            no_features(context),
         )
     for lo in range(0, len(r.items), REALTIME_CHUNK_TOKENS):
         hi = min(lo + REALTIME_CHUNK_TOKENS, len(r.items))
@@ -207,21 +198,18 @@ def ranking_items(
             np.zeros(hi - lo),
             np.full(hi - lo, REALTIME),
             np.arange(context + lo, context + hi),
-            no_features(hi - lo),
         )
-    count = len(request.candidates)
-    limits = request.candidate_limits()
-    item(
-        CANDIDATES_ITEM,
-        request.candidate_start,
-        request.candidates,
-        np.zeros(count, np.int64),
-        request.candidate_times,
-        limits,
-        np.full(count, CANDIDATE),
-        limits,  # a candidate's logical position: after what it sees
-        request.features,
-    )
+    candidates = {
+        "candidate_items": request.candidates,
+        "candidate_features": request.features,
+        "candidate_times": request.candidate_times,
+        "candidate_limits": request.candidate_limits(),
+    }
+    for i, (_, fields) in enumerate(items):
+        last = i == len(items) - 1
+        fields.update(
+            {name: value if last else value[:0] for name, value in candidates.items()}
+        )
     return items
 
 
@@ -238,10 +226,9 @@ class RankingMultiModalProcessor(BaseMultiModalProcessor[RankingProcessingInfo])
             raise ValueError("a ranking prompt needs multi_modal_data['ranking']")
         config = self.info.get_hf_config()
         request = parsed.request
-        items = ranking_items(request, config.num_cross_features)
         configs = _fields_config()
         kwargs_items, hashes, placeholders = [], [], []
-        for offset, fields in items:
+        for offset, fields in ranking_items(request):
             kwargs_items.append(
                 MultiModalKwargsItem(
                     {
@@ -252,12 +239,13 @@ class RankingMultiModalProcessor(BaseMultiModalProcessor[RankingProcessingInfo])
                     }
                 )
             )
-            if int(fields["kind"][0]) == CANDIDATES_ITEM:
-                # Never reused (see above): a fresh identity, with no need to
-                # hash thousands of candidates' content.
-                hashes.append(f"{self.info.model_id}/candidates/{uuid.uuid4().hex}")
-            else:
-                hashes.append(content_hash(self.info.model_id, fields))
+            # What the item's KV depends on: not the candidates.
+            history_fields = {
+                name: values
+                for name, values in fields.items()
+                if name not in CANDIDATE_FIELDS
+            }
+            hashes.append(content_hash(self.info.model_id, history_fields))
             placeholders.append(
                 PlaceholderRange(offset=offset, length=len(fields["values"]))
             )

@@ -1,8 +1,12 @@
 """A ranking request: one user's profile and behaviour, and the items to score.
 
-MTGR's token sequence (DESIGN section 3) for one request:
+MTGR's sequence (DESIGN section 3) for one request:
 
-    [profile P] [long history S] [real-time history R] [candidates C]
+    [profile P] [long history S] [real-time history R] | [candidates C]
+
+The part before the bar is the user's *history*: vLLM prompt tokens, paged KV,
+prefix-cached across requests. The candidates are request-local targets: they
+are not tokens (see `vllm_mtgr.ranking` for why and how they are computed).
 
 Which key each query sees is one integer per query, its *key limit* (see
 `kernels.paged_torch`): profile and long history see each other (limit
@@ -17,53 +21,61 @@ Times: every event's key and query time is its own timestamp (no token
 depends on a later one, so history blocks stay valid as events arrive);
 profile tokens take the last long-history timestamp; a candidate's key and
 query time is its own time.
+
+Array-valued fields (items, timestamps, actions, features) are JSON lists or
+typed arrays (`vllm_mtgr.arrays`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from itertools import chain
-from operator import le
 
 import numpy as np
 
+from vllm_mtgr.arrays import floats, integers
 from vllm_mtgr.config import MTGRConfig
 from vllm_mtgr.errors import RequestError
 from vllm_mtgr.events import MAX_TIMESTAMP
 
 PROFILE, HISTORY, REALTIME, CANDIDATE = range(4)  # token groups
 NUM_GROUPS = 4
+REQUEST_FIELDS = frozenset(
+    {"profile", "history", "realtime", "candidates", "request_timestamp"}
+)
+BEHAVIOR_FIELDS = frozenset({"items", "timestamps", "actions"})
+CANDIDATE_FIELDS = frozenset({"items", "features", "timestamps"})
+
+_NO_EVENTS = np.zeros(0, dtype=np.int64)
 
 
-@dataclass(frozen=True)
+# eq=False: these hold arrays, and are never compared.
+@dataclass(frozen=True, eq=False)
 class Behaviors:
-    items: tuple[int, ...]
-    timestamps: tuple[int, ...]
-    actions: tuple[int, ...]
+    items: np.ndarray  # int64
+    timestamps: np.ndarray  # int64, in time order
+    actions: np.ndarray  # int64
 
 
-# eq=False: requests hold arrays, and two requests are never compared.
 @dataclass(frozen=True, eq=False)
 class RankingRequest:
-    profile: tuple[int, ...]
+    profile: np.ndarray  # int64 [num_profile_features]
     history: Behaviors
     realtime: Behaviors
-    candidates: tuple[int, ...]
-    features: np.ndarray  # [candidates, cross features] float32
-    candidate_times: tuple[int, ...]
+    candidates: np.ndarray  # int64 [C]
+    features: np.ndarray  # float32 [C, cross features]
+    candidate_times: np.ndarray  # int64 [C]
     request_timestamp: int
 
     @property
     def profile_time(self) -> int:
-        return self.history.timestamps[-1] if self.history.timestamps else 0
+        times = self.history.timestamps
+        return int(times[-1]) if len(times) else 0
 
     def candidate_limits(self) -> np.ndarray:
         """Each candidate's key limit: the keys before it that it sees."""
         seen = np.searchsorted(
-            np.asarray(self.realtime.timestamps, dtype=np.int64),
-            np.asarray(self.candidate_times, dtype=np.int64),
-            side="right",
+            self.realtime.timestamps, self.candidate_times, side="right"
         )
         return self.context_end + seen
 
@@ -73,62 +85,38 @@ class RankingRequest:
         return len(self.profile) + len(self.history.items)
 
     @property
-    def candidate_start(self) -> int:
+    def history_length(self) -> int:
+        """Prompt tokens: profile, long and real-time history."""
         return self.context_end + len(self.realtime.items)
-
-    @property
-    def length(self) -> int:
-        return self.candidate_start + len(self.candidates)
-
-
-def _ints(field: str, value: object, low: int, high: int) -> tuple[int, ...]:
-    """A list of integers in [low, high]; errors name `field[i]`."""
-    if not isinstance(value, (list, tuple)):
-        raise RequestError(f"`{field}` must be a list of integers", field)
-    # The common case at C speed; the walk below names the first bad value.
-    if set(map(type, value)) <= {int} and (
-        not value or low <= min(value) <= max(value) <= high
-    ):
-        return tuple(value)
-    out = []
-    for i, v in enumerate(value):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise RequestError(f"`{field}[{i}]` must be an integer, got {v!r}", field)
-        if not low <= v <= high:
-            raise RequestError(
-                f"`{field}[{i}]` = {v} is outside [{low}, {high}]", field
-            )
-        out.append(v)
-    return tuple(out)
 
 
 def _behaviors(name: str, data: object, config: MTGRConfig) -> Behaviors:
     if data is None:
-        return Behaviors((), (), ())
+        return Behaviors(_NO_EVENTS, _NO_EVENTS, _NO_EVENTS)
     if not isinstance(data, Mapping):
         raise RequestError(f"`{name}` must be an object with items", name)
-    unknown = set(data) - {"items", "timestamps", "actions"}
+    unknown = set(data) - BEHAVIOR_FIELDS
     if unknown:
         raise RequestError(f"unknown fields in `{name}`: {sorted(unknown)}", name)
-    items = _ints(f"{name}.items", data.get("items", []), 1, config.num_items)
-    times = _ints(f"{name}.timestamps", data.get("timestamps", []), 0, MAX_TIMESTAMP)
+    items = integers(f"{name}.items", data.get("items", []), 1, config.num_items)
+    times = integers(f"{name}.timestamps", data.get("timestamps", []), 0, MAX_TIMESTAMP)
     if len(times) != len(items):
         raise RequestError(
             f"`{name}.timestamps` has {len(times)} values for {len(items)} items",
             f"{name}.timestamps",
         )
-    if not all(map(le, times, times[1:])):  # at C speed
+    if (times[1:] < times[:-1]).any():
         raise RequestError(
             f"`{name}.timestamps` must be in time order", f"{name}.timestamps"
         )
-    actions: tuple[int, ...] = (0,) * len(items)
+    actions = np.zeros(len(items), dtype=np.int64)
     if data.get("actions") is not None:
         if not config.num_action_types:
             raise RequestError(
                 f"`{name}.actions` given, but this model has no action types",
                 f"{name}.actions",
             )
-        actions = _ints(
+        actions = integers(
             f"{name}.actions", data["actions"], 0, config.num_action_types - 1
         )
         if len(actions) != len(items):
@@ -148,43 +136,17 @@ def _features(data: object, count: int, width: int) -> np.ndarray:
                 "candidates.features",
             )
         return np.zeros((count, 0), dtype=np.float32)
-    if not isinstance(data, (list, tuple)) or len(data) != count:
-        raise RequestError(
-            f"`candidates.features` must hold one list of {width} numbers per "
-            f"candidate ({count})",
-            "candidates.features",
-        )
-    # Thousands of rows per request: check types and lengths at C speed, and
-    # walk the rows one by one only to name the first bad one.
-    if (
-        set(map(type, data)) <= {list, tuple}
-        and set(map(len, data)) == {width}
-        and set(map(type, chain.from_iterable(data))) <= {int, float}
-    ):
-        values = np.fromiter(chain.from_iterable(data), np.float32, count * width)
-        return values.reshape(count, width)
-    for i, row in enumerate(data):
-        if not isinstance(row, (list, tuple)) or len(row) != width:
-            raise RequestError(
-                f"`candidates.features[{i}]` must be {width} numbers",
-                "candidates.features",
-            )
-        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in row):
-            raise RequestError(
-                f"`candidates.features[{i}]` must be numbers", "candidates.features"
-            )
-    return np.array(data, dtype=np.float32)  # number subclasses (NumPy floats)
+    return floats("candidates.features", data, count, width)
 
 
 def parse_ranking_request(data: object, config: MTGRConfig) -> RankingRequest:
     """Validate one user's ranking request; errors name the offending field."""
     if not isinstance(data, Mapping):
         raise RequestError("a ranking request must be a JSON object", "data")
-    known = {"profile", "history", "realtime", "candidates", "request_timestamp"}
-    unknown = set(data) - known
+    unknown = set(data) - REQUEST_FIELDS
     if unknown:
         raise RequestError(f"unknown request fields: {sorted(unknown)}", "data")
-    profile = _ints(
+    profile = integers(
         "profile", data.get("profile", []), 0, max(config.profile_vocab_size - 1, 0)
     )
     if len(profile) != config.num_profile_features:
@@ -195,13 +157,26 @@ def parse_ranking_request(data: object, config: MTGRConfig) -> RankingRequest:
         )
     history = _behaviors("history", data.get("history"), config)
     realtime = _behaviors("realtime", data.get("realtime"), config)
+    if len(history.timestamps) and len(realtime.timestamps):
+        if realtime.timestamps[0] < history.timestamps[-1]:
+            raise RequestError(
+                f"`realtime.timestamps[0]` = {int(realtime.timestamps[0])} is "
+                f"before the long history's last event "
+                f"({int(history.timestamps[-1])}): real-time events follow it",
+                "realtime.timestamps",
+            )
     candidates_data = data.get("candidates")
     if not isinstance(candidates_data, Mapping):
         raise RequestError("`candidates` must be an object with items", "candidates")
-    candidates = _ints(
+    unknown = set(candidates_data) - CANDIDATE_FIELDS
+    if unknown:
+        raise RequestError(
+            f"unknown fields in `candidates`: {sorted(unknown)}", "candidates"
+        )
+    candidates = integers(
         "candidates.items", candidates_data.get("items", []), 1, config.num_items
     )
-    if not candidates:
+    if not len(candidates):
         raise RequestError("`candidates.items` is empty: nothing to rank", "candidates")
     if len(candidates) > config.max_candidates:
         raise RequestError(
@@ -212,21 +187,16 @@ def parse_ranking_request(data: object, config: MTGRConfig) -> RankingRequest:
     features = _features(
         candidates_data.get("features"), len(candidates), config.num_cross_features
     )
-    unknown = set(candidates_data) - {"items", "features", "timestamps"}
-    if unknown:
-        raise RequestError(
-            f"unknown fields in `candidates`: {sorted(unknown)}", "candidates"
-        )
-    events = history.timestamps + realtime.timestamps
+    events = np.concatenate([history.timestamps, realtime.timestamps])
     when = data.get("request_timestamp")
     if when is None:
-        when = events[-1] if events else 0
-    (when,) = _ints("request_timestamp", [when], 0, MAX_TIMESTAMP)
+        when = int(events[-1]) if len(events) else 0
+    (when,) = integers("request_timestamp", [when], 0, MAX_TIMESTAMP).tolist()
     times = candidates_data.get("timestamps")
     candidate_times = (
-        (when,) * len(candidates)
+        np.full(len(candidates), when, dtype=np.int64)
         if times is None
-        else _ints("candidates.timestamps", times, 0, MAX_TIMESTAMP)
+        else integers("candidates.timestamps", times, 0, MAX_TIMESTAMP)
     )
     if len(candidate_times) != len(candidates):
         raise RequestError(
@@ -243,22 +213,22 @@ def parse_ranking_request(data: object, config: MTGRConfig) -> RankingRequest:
             "time; send a profile or history",
             "candidates",
         )
-    if request.length > config.max_position_embeddings:
+    # A candidate sits at the position after what it sees, at most the
+    # history's length: that position must exist.
+    most = config.max_position_embeddings - 1
+    if request.history_length > most:
         raise RequestError(
-            f"the request has {request.length} tokens (profile {len(profile)}, "
-            f"history {len(history.items)}, realtime {len(realtime.items)}, "
-            f"candidates {len(candidates)}); the model takes at most "
-            f"{config.max_position_embeddings}",
+            f"the history has {request.history_length} tokens (profile "
+            f"{len(profile)}, history {len(history.items)}, realtime "
+            f"{len(realtime.items)}); the model takes at most {most}",
             "history",
         )
     return request
 
 
 def token_ids(request: RankingRequest, config: MTGRConfig) -> list[int]:
-    """The prompt: special tokens for profile slots and candidates, items else."""
-    return (
-        [config.profile_token_id] * len(request.profile)
-        + list(request.history.items)
-        + list(request.realtime.items)
-        + [config.candidate_token_id] * len(request.candidates)
-    )
+    """The prompt: the profile slots' special token, then the events' items."""
+    profile = np.full(len(request.profile), config.profile_token_id, dtype=np.int64)
+    return np.concatenate(
+        [profile, request.history.items, request.realtime.items]
+    ).tolist()
