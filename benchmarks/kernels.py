@@ -1,19 +1,24 @@
 """HSTU attention kernels on a GPU: correctness at real shapes, then speed.
 
-    python benchmarks/kernels.py --out benchmarks/results
+    python benchmarks/kernels.py --out benchmarks/results/h200-20261201
+    python benchmarks/kernels.py --sections sweep --out DIR   # tile configurations
 
 1. Ceilings measured in the same run: bf16 matmul (8192^3) and device copy.
 2. Correctness: the Triton kernels against dense float32 PyTorch on fresh
-   random inputs (bf16 and fp16, ragged batches, cached prefixes, block
-   boundaries, MTGR masks, head dims 32..256).
-3. Prefill at 2048-8192 tokens (head dim 128): TFLOP/s of the paged kernel,
-   against the matmul ceiling, FlashAttention 3 softmax attention (shipped in
-   vLLM) and a non-paged Triton SiLU attention, on the same shapes.
-4. Decode: GB/s of the paged decode kernel against the copy ceiling, and
-   FlashAttention 3 on the same shapes.
-5. A returning user's new events over a cached history: the default key
-   splits against one split.
-Prints a table and writes it (markdown + JSON) with device, versions, date.
+   random inputs (bf16, fp16 for some; ragged batches, cached prefixes,
+   block boundaries, KV blocks shorter than and as long as a key tile, MTGR
+   masks, ranking candidates, head dims 64..256).
+3. Prefill, causal, 32 sequences x 4 and x 8 heads of 128, lengths 1024 to
+   8192, a ragged batch and the DLRMv3 peer shape (1024 history + 2048
+   candidates): TFLOP/s against the matmul ceiling and against
+   FlashAttention 3 softmax attention (shipped in vLLM) on the same shapes.
+4. Decode: bandwidth of the paged decode kernel against the copy ceiling
+   (bytes it reads and bytes it needs), FlashAttention 3 beside it, and the
+   key-split choice measured: every split count at several batch shapes.
+5. A returning user's new events over a cached history (the prefill kernel
+   with few query rows).
+Prints the tables and writes them (markdown + JSON) with device, versions,
+date. FLOPs: 4 * heads * head_dim * visible (query, key) pairs.
 """
 
 from __future__ import annotations
@@ -28,27 +33,31 @@ from pathlib import Path
 
 import torch
 import triton
-import triton.language as tl
 from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from attention_cases import make_case, relative_error  # noqa: E402
+from attention_cases import (  # noqa: E402
+    make_candidate_case,
+    make_case,
+    relative_error,
+)
+from vllm_mtgr.kernels.paged_torch import kernel_bias_tables  # noqa: E402
 from vllm_mtgr.kernels.paged_triton import (  # noqa: E402
-    PREFILL_SPLITS,
-    _rab,
-    _silu_half,
+    DECODE_SPLITS,
+    candidate_attention_triton,
     hstu_attention_triton,
     key_splits,
 )
 
-HEADS = 8
 HEAD_DIM = 128
-PREFILL_TOKENS = 16384
+BATCH = 32
+PAGE = 64  # KV block size of these runs (vllm-mtgr serves with 64 on Hopper)
+DLRMV3 = (1024, 2048)  # history, candidates per user
 
 
 def bench(fn, *args, **kwargs) -> float:
     """Median milliseconds of `fn(*args, **kwargs)` (warm-up, repetitions: ms)."""
-    return do_bench(lambda: fn(*args, **kwargs), warmup=100, rep=400,
+    return do_bench(lambda: fn(*args, **kwargs), warmup=50, rep=200,
                     return_mode="median")  # fmt: skip
 
 
@@ -65,181 +74,226 @@ def ceilings() -> dict[str, float]:
     }
 
 
-def _out(case) -> torch.Tensor:
-    return torch.full(
-        (case.query.shape[0], case.query.shape[1], case.params.cache_head_size),
-        float("nan"),
-        dtype=case.query.dtype,
-        device="cuda",
-    )
+class Prefill:
+    """A paged case with its output buffer and kernel tables, ready to run."""
+
+    def __init__(self, case, **tuning) -> None:
+        self.case = case
+        self.tables = kernel_bias_tables(case.pos_w, case.ts_w)
+        self.out = torch.full(
+            (*case.query.shape[:2], case.params.cache_head_size), float("nan"),
+            dtype=case.query.dtype, device=case.query.device,
+        )  # fmt: skip
+        self.max_query_len = int(
+            (case.query_start_loc[1:] - case.query_start_loc[:-1]).max()
+        )
+        self.tuning = tuning
+
+    def __call__(self, **tuning) -> torch.Tensor:
+        c = self.case
+        hstu_attention_triton(
+            c.query, c.kv_cache, c.block_table, c.query_start_loc, c.seq_lens,
+            c.pos_w, c.ts_w, c.params, self.out, self.max_query_len,
+            bias_tables=self.tables, **(tuning or self.tuning),
+        )  # fmt: skip
+        return self.out[..., : c.params.value_dim]
 
 
-def _run(case, out, max_query_len, **tuning):
-    hstu_attention_triton(
-        case.query, case.kv_cache, case.block_table, case.query_start_loc,
-        case.seq_lens, case.pos_w, case.ts_w, case.params, out, max_query_len,
-        **tuning,
-    )  # fmt: skip
+class Candidates:
+    """A candidate case, ready to run."""
+
+    def __init__(self, case) -> None:
+        self.case = case
+        self.tables = kernel_bias_tables(case.pos_w, case.ts_w)
+        self.out = torch.full_like(case.value, float("nan"))
+
+    def __call__(self, config=None) -> torch.Tensor:
+        c = self.case
+        candidate_attention_triton(
+            c.query, c.key, c.value, c.times, c.limits, c.candidate_start,
+            c.block_table, c.kv_cache, c.pos_w, c.ts_w, c.params, self.out,
+            bias_tables=self.tables, config=config,
+        )  # fmt: skip
+        return self.out
+
+
+def _check(name: str, dtype, seed: int, got, expected) -> dict:
+    error = relative_error(got, expected)
+    unwritten = bool(got.isnan().any())
+    return dict(case=name, dtype=str(dtype)[6:], seed=seed, rel_error=error,
+                unwritten=unwritten, ok=error < 2e-2 and not unwritten)  # fmt: skip
 
 
 def correctness() -> list[dict]:
-    cases = [
+    prefill_cases = [
         ("prefill 8192", [8192], [8192], {}),
         ("ragged 2048/4096/1/333", [2048, 4096, 1, 333], [2048, 4096, 1, 333], {}),
         ("cached prefix 4096+1024", [5120, 3000], [1024, 17], {}),
-        ("returning 1024+80 (key splits)", [1104, 1104], [80, 80], {}),
+        ("returning 1024+80", [1104, 1104], [80, 80], {}),
         ("block boundaries", [16, 32, 4095, 4097], [16, 1, 2048, 4097], {}),
-        (
-            "MTGR 1024 hist + 2048 cand",
-            [3072, 3072],
-            [3072, 2048],
-            dict(context_ends=[256, 256], candidate_starts=[1024, 1024]),
-        ),
+        ("MTGR masks, in-stream candidates", [3072, 3072], [3072, 2048],
+         dict(context_ends=[256, 256], candidate_starts=[1024, 1024])),
         ("decode 64 x up to 8192", [random.randint(1, 8192) for _ in range(64)],
          [1] * 64, {}),
     ]  # fmt: skip
     rows = []
     for dtype in (torch.bfloat16, torch.float16):
-        for name, seq_lens, query_lens, masks in cases:
+        for page in (16, PAGE):
+            if dtype == torch.float16 and page == 16:
+                continue  # fp16 once, at the serving block size
+            for name, seq_lens, query_lens, masks in prefill_cases:
+                seed = random.randrange(2**31)
+                case = make_case(
+                    seq_lens, query_lens, heads=4, dqk=HEAD_DIM, dv=HEAD_DIM,
+                    block_size=page, dtype=dtype, device="cuda",
+                    generator=torch.Generator().manual_seed(seed), **masks,
+                )  # fmt: skip
+                got = Prefill(case)()
+                rows.append(_check(f"{name} (page {page})", dtype, seed, got,
+                                   case.expected))  # fmt: skip
             seed = random.randrange(2**31)
-            case = make_case(
-                seq_lens, query_lens, heads=4, dqk=128, dv=128, dtype=dtype,
-                device="cuda", generator=torch.Generator().manual_seed(seed), **masks,
+            case = make_candidate_case(
+                [1024, 333, 2000], [2048, 7, 300], heads=4, dqk=HEAD_DIM,
+                dv=HEAD_DIM, block_size=page, dtype=dtype, device="cuda",
+                generator=torch.Generator().manual_seed(seed),
             )  # fmt: skip
-            out = _out(case)
-            _run(case, out, max(query_lens))
-            got = out[..., :128]
-            error = relative_error(got, case.expected)
-            rows.append(dict(case=name, dtype=str(dtype)[6:], seed=seed,
-                             rel_error=error, unwritten=bool(got.isnan().any()),
-                             ok=error < 2e-2 and not got.isnan().any()))  # fmt: skip
-        for dqk in (32, 64, 256):
-            seed = random.randrange(2**31)
-            case = make_case(
-                [1500, 700], [1500, 300], heads=2, dqk=dqk, dv=dqk, dtype=dtype,
-                device="cuda", generator=torch.Generator().manual_seed(seed),
-            )  # fmt: skip
-            out = _out(case)
-            _run(case, out, 1500)
-            error = relative_error(out[..., :dqk], case.expected)
-            rows.append(dict(case=f"head dim {dqk}", dtype=str(dtype)[6:],
-                             seed=seed, rel_error=error, unwritten=False,
-                             ok=error < 2e-2))  # fmt: skip
+            rows.append(_check(f"candidates 1024+2048, ragged (page {page})", dtype,
+                               seed, Candidates(case)(), case.expected))  # fmt: skip
+    for dim in (64, 256, 50):
+        seed = random.randrange(2**31)
+        case = make_case(
+            [1500, 700], [1500, 300], heads=2, dqk=dim, dv=dim, block_size=PAGE,
+            dtype=torch.bfloat16, device="cuda",
+            generator=torch.Generator().manual_seed(seed),
+        )  # fmt: skip
+        rows.append(_check(f"head dim {dim}", torch.bfloat16, seed, Prefill(case)(),
+                           case.expected))  # fmt: skip
     return rows
 
 
-@triton.jit
-def _jagged_silu_attention(
-    Q, K, V, OUT, CU, POS_W, TS_W, TIMES, stride_t, stride_h, max_len, divisor,
-    inv_normalizer, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
-    """Non-paged peer: contiguous K/V per sequence (as Meta's jagged kernel),
-    with the same arithmetic as the paged kernel (`_rab`, `_silu_half`; the
-    caller halves the bias tables)."""
-    seq = tl.program_id(0)
-    block = tl.program_id(1)
-    head = tl.program_id(2)
-    start = tl.load(CU + seq)
-    length = tl.load(CU + seq + 1) - start
-    if block * BLOCK_M >= length:
-        return
-    m = block * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_ok = m < length
-    d = tl.arange(0, D)
-    rows_q = (start + m).to(tl.int64) * stride_t + head * stride_h
-    q = tl.load(Q + rows_q[:, None] + d[None, :], mask=m_ok[:, None], other=0.0)
-    q = q * 0.5
-    row_offset = max_len - 1 - tl.where(m_ok, m, 0)
-    time_q = tl.load(TIMES + start + m, mask=m_ok, other=0)
-    high_q, low_q = (time_q >> 16).to(tl.float32), (time_q & 0xFFFF).to(tl.float32)
-    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    for k_start in range(0, (block + 1) * BLOCK_M, BLOCK_N):
-        n = k_start + tl.arange(0, BLOCK_N)
-        n_ok = n < length
-        rows_k = (start + n).to(tl.int64) * stride_t + head * stride_h
-        k = tl.load(K + rows_k[:, None] + d[None, :], mask=n_ok[:, None], other=0.0)
-        v = tl.load(V + rows_k[:, None] + d[None, :], mask=n_ok[:, None], other=0.0)
-        time_k = tl.load(TIMES + start + n, mask=n_ok, other=0)
-        high_k = (time_k >> 16).to(tl.float32)
-        low_k = (time_k & 0xFFFF).to(tl.float32)
-        a = tl.dot(q, tl.trans(k))
-        a += _rab(n[None, :] + row_offset[:, None], high_q, low_q, high_k, low_k,
-                  POS_W, TS_W, divisor, 128, True)  # fmt: skip
-        p = _silu_half(a, v.dtype, True)
-        p = tl.where((n[None, :] <= m[:, None]) & n_ok[None, :], p, 0.0)
-        acc += tl.dot(p, v)
-    acc = acc * inv_normalizer
-    out = OUT + rows_q[:, None] + d[None, :]
-    tl.store(out, acc.to(OUT.dtype.element_ty), mask=m_ok[:, None])
+def _flash_attention():
+    """vLLM's FlashAttention build, or None where vLLM is not installed."""
+    try:
+        from vllm.vllm_flash_attn import flash_attn_varlen_func
+    except ImportError:
+        return None
+    return flash_attn_varlen_func
+
+
+def _fa3_prefill(lengths: list[int], heads: int) -> float:
+    """FlashAttention 3 (vLLM's build), causal, paged (blocks of 16); NaN
+    without vLLM."""
+    flash_attn_varlen_func = _flash_attention()
+    if flash_attn_varlen_func is None:
+        return float("nan")
+
+    tokens = sum(lengths)
+    q = torch.randn(tokens, heads, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+    blocks_per = [-(-n // 16) for n in lengths]
+    k_cache = torch.randn(sum(blocks_per), 16, heads, HEAD_DIM, device="cuda",
+                          dtype=torch.bfloat16)  # fmt: skip
+    v_cache = torch.randn_like(k_cache)
+    table = torch.zeros(len(lengths), max(blocks_per), dtype=torch.int32,
+                        device="cuda")  # fmt: skip
+    first = 0
+    for i, count in enumerate(blocks_per):
+        table[i, :count] = torch.arange(first, first + count, device="cuda")
+        first += count
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()],
+                      dtype=torch.int32, device="cuda")  # fmt: skip
+    lens = torch.tensor(lengths, dtype=torch.int32, device="cuda")
+    return bench(
+        flash_attn_varlen_func, q, k_cache, v_cache, max_seqlen_q=max(lengths),
+        cu_seqlens_q=cu, max_seqlen_k=max(lengths), seqused_k=lens,
+        block_table=table, causal=True, softmax_scale=HEAD_DIM**-0.5, fa_version=3,
+    )  # fmt: skip
+
+
+def _causal_pairs(lengths: list[int]) -> int:
+    return sum(n * (n + 1) // 2 for n in lengths)
 
 
 def prefill_speed(matmul_tflops: float) -> list[dict]:
-    from vllm.vllm_flash_attn import flash_attn_varlen_func
-
     rows = []
-    for length in (2048, 4096, 8192):
-        batch = PREFILL_TOKENS // length
-        for page in (16, 128):
+    rng = random.Random(0)
+    shapes = [(f"causal {n}", [n] * BATCH) for n in (1024, 2048, 4096, 8192)]
+    shapes.append(("ragged, mean 1024", [rng.randint(1, 2047) for _ in range(BATCH)]))
+    for heads in (4, 8):
+        for name, lengths in shapes:
+            flops = 4 * heads * HEAD_DIM * _causal_pairs(lengths)
             case = make_case(
-                [length] * batch, [length] * batch, heads=HEADS, dqk=HEAD_DIM,
-                dv=HEAD_DIM, block_size=page, dtype=torch.bfloat16, device="cuda",
+                lengths, lengths, heads=heads, dqk=HEAD_DIM, dv=HEAD_DIM,
+                block_size=PAGE, dtype=torch.bfloat16, device="cuda",
                 with_expected=False,
             )  # fmt: skip
-            out = _out(case)
-            ms = bench(_run, case, out, length)
-            flops = 4 * HEADS * HEAD_DIM * batch * length * (length + 1) / 2
-            rows.append(dict(kernel=f"vllm-mtgr paged (page {page})", length=length,
-                             batch=batch, ms=ms, tflops=flops / ms / 1e9))  # fmt: skip
-        tokens = batch * length
-        q = torch.randn(tokens, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
-        k, v = torch.randn_like(q), torch.randn_like(q)
-        cu = torch.arange(0, tokens + 1, length, device="cuda", dtype=torch.int32)
-        times = torch.randint(0, 2**30, (tokens,), device="cuda", dtype=torch.int32)
-        pos_w = 0.5 * torch.randn(2 * length - 1, device="cuda")
-        ts_w = 0.5 * torch.randn(129, device="cuda")
-        out = torch.empty_like(q)
-        grid = (batch, triton.cdiv(length, 64), HEADS)
-        ms = bench(
-            _jagged_silu_attention[grid], q, k, v, out, cu, pos_w, ts_w, times,
-            q.stride(0), q.stride(1), length, 0.301, 1.0 / length, D=HEAD_DIM,
-            BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2,
+            ours = bench(Prefill(case))
+            del case
+            fa3 = _fa3_prefill(lengths, heads)
+            rows.append(dict(shape=name, heads=heads, batch=len(lengths), ms=ours,
+                             tflops=flops / ours / 1e9, fa3_ms=fa3,
+                             fa3_tflops=flops / fa3 / 1e9))  # fmt: skip
+        # The DLRMv3 peer: each user's history (causal here, as Meta's
+        # kernel; MTGR's context is bidirectional), then its candidates,
+        # each over the history and itself.
+        history, count = DLRMV3
+        case = make_case(
+            [history] * BATCH, [history] * BATCH, heads=heads, dqk=HEAD_DIM,
+            dv=HEAD_DIM, block_size=PAGE, dtype=torch.bfloat16, device="cuda",
+            with_expected=False,
         )  # fmt: skip
-        rows.append(dict(kernel="Triton SiLU, non-paged", length=length, batch=batch,
-                         ms=ms, tflops=flops / ms / 1e9))  # fmt: skip
-        blocks = tokens // 16
-        k_cache = torch.randn(blocks, 16, HEADS, HEAD_DIM, device="cuda",
-                              dtype=torch.bfloat16)  # fmt: skip
-        v_cache = torch.randn_like(k_cache)
-        table = torch.arange(blocks, device="cuda", dtype=torch.int32).view(batch, -1)
-        lens = torch.full((batch,), length, device="cuda", dtype=torch.int32)
-        ms = bench(
-            flash_attn_varlen_func, q, k_cache, v_cache, max_seqlen_q=length,
-            cu_seqlens_q=cu, max_seqlen_k=length, seqused_k=lens, block_table=table,
-            causal=True, softmax_scale=HEAD_DIM**-0.5, fa_version=3,
+        history_ms = bench(Prefill(case))
+        del case
+        case = make_candidate_case(
+            [history] * BATCH, [count] * BATCH, heads=heads, dqk=HEAD_DIM,
+            dv=HEAD_DIM, block_size=PAGE, dtype=torch.bfloat16, device="cuda",
+            with_expected=False,
         )  # fmt: skip
-        rows.append(dict(kernel="FlashAttention 3 softmax (page 16)", length=length,
-                         batch=batch, ms=ms, tflops=flops / ms / 1e9))  # fmt: skip
+        limits = case.limits.long()
+        candidate_pairs = int((limits + 1).sum())
+        candidate_ms = bench(Candidates(case))
+        del case
+        pairs = BATCH * history * (history + 1) // 2 + candidate_pairs
+        ours = history_ms + candidate_ms
+        fa3 = _fa3_prefill([history + count] * BATCH, heads)
+        flops = 4 * heads * HEAD_DIM * pairs
+        fa3_flops = 4 * heads * HEAD_DIM * _causal_pairs([history + count] * BATCH)
+        rows.append(dict(shape=f"DLRMv3 {history} history + {count} candidates",
+                         heads=heads, batch=BATCH, ms=ours,
+                         tflops=flops / ours / 1e9, fa3_ms=fa3,
+                         fa3_tflops=fa3_flops / fa3 / 1e9,
+                         history_ms=history_ms, candidates_ms=candidate_ms,
+                         candidates_tflops=4 * heads * HEAD_DIM * candidate_pairs
+                         / candidate_ms / 1e9))  # fmt: skip
     for row in rows:
         row["pct_matmul"] = 100 * row["tflops"] / matmul_tflops
+        row["fa3_ratio"] = row["tflops"] / row["fa3_tflops"]
     return rows
 
 
-def decode_speed(copy_tbps: float) -> list[dict]:
-    from vllm.vllm_flash_attn import flash_attn_varlen_func
+def _decode_bytes(batch: int, length: int, heads: int, case) -> tuple[int, int]:
+    """(bytes read: whole cache rows; bytes needed: k, v and the key time)."""
+    row = case.kv_cache.shape[-1] * case.kv_cache.element_size()
+    return batch * length * heads * row, batch * length * heads * (2 * HEAD_DIM + 4) * 2
 
+
+def decode_speed(copy_tbps: float) -> list[dict]:
+    flash_attn_varlen_func = _flash_attention()
     rows = []
     heads = 16
     for batch, length in ((32, 4096), (128, 2048), (64, 8192)):
         case = make_case(
             [length] * batch, [1] * batch, heads=heads, dqk=HEAD_DIM, dv=HEAD_DIM,
-            dtype=torch.bfloat16, device="cuda", with_expected=False,
+            block_size=PAGE, dtype=torch.bfloat16, device="cuda",
+            with_expected=False,
         )  # fmt: skip
-        out = _out(case)
-        ms = bench(_run, case, out, 1)
-        # Bytes the kernel must read: k, v and the key's time per cached token.
-        needed = batch * length * heads * (2 * HEAD_DIM + 4) * 2
+        ms = bench(Prefill(case))
+        read, needed = _decode_bytes(batch, length, heads, case)
+        del case
         rows.append(dict(kernel="vllm-mtgr paged decode", batch=batch, length=length,
-                         ms=ms, tbps=needed / ms / 1e9))  # fmt: skip
+                         ms=ms, tbps=needed / ms / 1e9,
+                         read_tbps=read / ms / 1e9))  # fmt: skip
+        if flash_attn_varlen_func is None:
+            continue
         blocks = batch * length // 16
         k_cache = torch.randn(blocks, 16, heads, HEAD_DIM, device="cuda",
                               dtype=torch.bfloat16)  # fmt: skip
@@ -255,123 +309,192 @@ def decode_speed(copy_tbps: float) -> list[dict]:
         )  # fmt: skip
         fa_bytes = batch * length * heads * 2 * HEAD_DIM * 2
         rows.append(dict(kernel="FlashAttention 3 decode", batch=batch, length=length,
-                         ms=ms, tbps=fa_bytes / ms / 1e9))  # fmt: skip
+                         ms=ms, tbps=fa_bytes / ms / 1e9,
+                         read_tbps=fa_bytes / ms / 1e9))  # fmt: skip
+        del k_cache, v_cache
     for row in rows:
         row["pct_copy"] = 100 * row["tbps"] / copy_tbps
+        row["read_pct_copy"] = 100 * row["read_tbps"] / copy_tbps
+    return rows
+
+
+def decode_splits(copy_tbps: float) -> list[dict]:
+    """Every key-split count at several decode batch shapes, against the
+    heuristic's choice (`key_splits`)."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    rows = []
+    heads = 16
+    for batch, length in ((1, 8192), (8, 4096), (32, 4096), (64, 2048), (256, 1024)):
+        case = make_case(
+            [length] * batch, [1] * batch, heads=heads, dqk=HEAD_DIM, dv=HEAD_DIM,
+            block_size=PAGE, dtype=torch.bfloat16, device="cuda",
+            with_expected=False,
+        )  # fmt: skip
+        run = Prefill(case)
+        read, _ = _decode_bytes(batch, length, heads, case)
+        times = {splits: bench(run, num_splits=splits)
+                 for splits in (1, 2, 4, 8, 16, 32, 64)}  # fmt: skip
+        chosen = key_splits(batch * heads, sms, *DECODE_SPLITS)
+        best = min(times, key=times.get)
+        rows.append(dict(batch=batch, length=length, heads=heads, chosen=chosen,
+                         chosen_ms=bench(run), best=best, best_ms=times[best],
+                         read_pct_copy_best=100 * read / times[best] / 1e9 / copy_tbps,
+                         **{f"ms_{k}": v for k, v in times.items()}))  # fmt: skip
+        del case, run
     return rows
 
 
 def returning_speed() -> list[dict]:
-    """New events over a cached history of 1024, 16 heads (mtgr-8b's): the
-    default key splits against one split (which walks every cached key in
-    a handful of programs)."""
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    """New events over a cached history, 16 heads (mtgr-8b's), and
+    recsys-examples' returning user (4 heads of 256, 3968 of 4096 cached)."""
     rows = []
-    for batch, new in ((1, 16), (1, 80), (8, 80)):
+    for batch, new, cached, heads, dim in ((1, 16, 1024, 16, 128),
+                                           (1, 80, 1024, 16, 128),
+                                           (8, 80, 1024, 16, 128),
+                                           (8, 128, 3968, 4, 256)):  # fmt: skip
         case = make_case(
-            [1024 + new] * batch, [new] * batch, heads=16, dqk=HEAD_DIM,
-            dv=HEAD_DIM, dtype=torch.bfloat16, device="cuda", with_expected=False,
+            [cached + new] * batch, [new] * batch, heads=heads, dqk=dim, dv=dim,
+            block_size=PAGE, dtype=torch.bfloat16, device="cuda",
+            with_expected=False,
         )  # fmt: skip
-        out = _out(case)
-        tiles = batch * new // 64 + batch  # the default BLOCK_M of 64
-        default_ms = bench(_run, case, out, new)
-        one_ms = bench(_run, case, out, new, num_splits=1)
-        splits = key_splits(tiles * 16, sms, *PREFILL_SPLITS)
-        rows.append(dict(batch=batch, new=new, cached=1024, splits=splits,
-                         ms=default_ms, ms_one_split=one_ms,
-                         speedup=one_ms / default_ms))  # fmt: skip
+        rows.append(dict(batch=batch, new=new, cached=cached, heads=heads,
+                         head_dim=dim, ms=bench(Prefill(case))))  # fmt: skip
     return rows
 
 
-PREFILL_CONFIGS = [(64, 64, 8, 2), (64, 64, 8, 3), (64, 64, 4, 2), (128, 64, 8, 2),
-                   (128, 32, 8, 2), (64, 32, 4, 3), (64, 128, 8, 2),
-                   (32, 64, 4, 2)]  # fmt: skip
-DECODE_CONFIGS = [(64, 4, 2), (64, 4, 3), (128, 4, 3), (128, 8, 3), (32, 4, 4),
-                  (64, 8, 4)]  # fmt: skip
+PREFILL_CONFIGS = [(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 2),
+                   (64, 64, 4, 3), (64, 32, 4, 3), (128, 32, 8, 2)]  # fmt: skip
 
 
 def sweep() -> list[dict]:
-    """Time every candidate tile configuration (prefill at 4096, decode)."""
+    """Every tile configuration: prefill at 32 x 4096, candidates at DLRMv3."""
     rows = []
-    case = make_case([4096] * 4, [4096] * 4, heads=HEADS, dqk=HEAD_DIM, dv=HEAD_DIM,
-                     dtype=torch.bfloat16, device="cuda",
+    lengths = [4096] * BATCH
+    case = make_case(lengths, lengths, heads=4, dqk=HEAD_DIM, dv=HEAD_DIM,
+                     block_size=PAGE, dtype=torch.bfloat16, device="cuda",
                      with_expected=False)  # fmt: skip
-    out = _out(case)
-    flops = 4 * HEADS * HEAD_DIM * 4 * 4096 * 4097 / 2
+    run = Prefill(case)
+    flops = 4 * 4 * HEAD_DIM * _causal_pairs(lengths)
     for config in PREFILL_CONFIGS:
         try:
-            ms = bench(_run, case, out, 4096, prefill_config=config)
+            ms = bench(run, prefill_config=config)
+            rate = flops / ms / 1e9
         except Exception as error:  # out of shared memory / registers
-            rows.append(dict(kind="prefill", config=config, ms=float("nan"),
-                             rate=str(error)[:40]))  # fmt: skip
-            continue
-        rows.append(dict(kind="prefill", config=config, ms=ms,
-                         rate=f"{flops / ms / 1e9:.0f} TFLOP/s"))  # fmt: skip
-    case = make_case([4096] * 32, [1] * 32, heads=16, dqk=HEAD_DIM, dv=HEAD_DIM,
-                     dtype=torch.bfloat16, device="cuda",
-                     with_expected=False)  # fmt: skip
-    out = _out(case)
-    needed = 32 * 4096 * 16 * (2 * HEAD_DIM + 4) * 2
-    for config in DECODE_CONFIGS:
-        for splits in (None, 4, 8):
-            ms = bench(_run, case, out, 1, decode_config=config, num_splits=splits)
-            rows.append(dict(kind=f"decode splits={splits}", config=config, ms=ms,
-                             rate=f"{needed / ms / 1e9:.2f} TB/s"))  # fmt: skip
+            ms, rate = float("nan"), str(error)[:60]
+        rows.append(dict(kind="prefill 32 x 4096", config=config, ms=ms, tflops=rate))
+    del case, run
+    history, count = DLRMV3
+    case = make_candidate_case([history] * BATCH, [count] * BATCH, heads=4,
+                               dqk=HEAD_DIM, dv=HEAD_DIM, block_size=PAGE,
+                               dtype=torch.bfloat16, device="cuda",
+                               with_expected=False)  # fmt: skip
+    run = Candidates(case)
+    flops = 4 * 4 * HEAD_DIM * int((case.limits.long() + 1).sum())
+    for config in PREFILL_CONFIGS:
+        try:
+            ms = bench(run, config)
+            rate = flops / ms / 1e9
+        except Exception as error:
+            ms, rate = float("nan"), str(error)[:60]
+        rows.append(dict(kind="candidates DLRMv3", config=config, ms=ms, tflops=rate))
     return rows
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
+def _table(rows: list[dict], columns: list[str] | None = None) -> str:
+    columns = columns or list(rows[0])
+
     def cell(value):
         return f"{value:.3g}" if isinstance(value, float) else str(value)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |"
+              for r in rows]  # fmt: skip
     return "\n".join(lines)
+
+
+def header() -> str:
+    try:
+        import vllm
+
+        vllm_version = vllm.__version__
+    except ImportError:
+        vllm_version = "not installed"
+    return (
+        f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; "
+        f"triton {triton.__version__}; vllm {vllm_version}; "
+        f"python {platform.python_version()}; date {time.strftime('%Y-%m-%d')}"
+    )
+
+
+SECTIONS = ("correctness", "prefill", "decode", "splits", "returning", "sweep")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--sweep", action="store_true", help="tune tile configs only")
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS[:-1]),
+        help=f"comma-separated, of {', '.join(SECTIONS)}",
+    )  # fmt: skip
     args = parser.parse_args()
-    if args.sweep:
-        print(_table(sweep(), ["kind", "config", "ms", "rate"]))
-        return
-    import vllm
-
+    sections = args.sections.split(",")
     device = torch.cuda.get_device_name()
-    header = (
-        f"device: {device}; torch {torch.__version__}; triton {triton.__version__}; "
-        f"vllm {vllm.__version__}; python {platform.python_version()}; "
-        f"date {time.strftime('%Y-%m-%d')}"
-    )
+    stem = f"kernels-{device.replace(' ', '_')}-{time.strftime('%Y%m%d')}"
+    if sections == ["sweep"]:
+        stem = "sweep-" + stem
+    args.out.mkdir(parents=True, exist_ok=True)
     limits = ceilings()
-    checks = correctness()
-    prefill = prefill_speed(limits["matmul_tflops"])
-    decode = decode_speed(limits["copy_tbps"])
-    returning = returning_speed()
-    report = "\n\n".join([
-        f"# HSTU attention kernels\n\n{header}",
+    results: dict = dict(header=header(), ceilings=limits)
+    parts = [
+        f"# HSTU attention kernels\n\n{header()}",
         f"Ceilings: bf16 matmul {limits['matmul_tflops']:.0f} TFLOP/s, "
         f"device copy {limits['copy_tbps']:.2f} TB/s (read + write).",
-        "## Correctness (relative error vs float32 PyTorch)\n\n"
-        + _table(checks, ["case", "dtype", "rel_error", "unwritten", "ok", "seed"]),
-        f"## Prefill, bf16, {HEADS} heads x {HEAD_DIM}, causal, "
-        f"{PREFILL_TOKENS} tokens per batch\n\n"
-        + _table(prefill, ["kernel", "length", "batch", "ms", "tflops", "pct_matmul"]),
-        f"## Decode, bf16, 16 heads x {HEAD_DIM}\n\n"
-        + _table(decode, ["kernel", "batch", "length", "ms", "tbps", "pct_copy"]),
-        f"## Returning user: new events over 1024 cached, bf16, 16 heads x "
-        f"{HEAD_DIM}\n\n" + _table(returning, list(returning[0])),
-    ])  # fmt: skip
-    print(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"kernels-{device.replace(' ', '_')}-{time.strftime('%Y%m%d')}"
+    ]
+    if "correctness" in sections:
+        results["correctness"] = correctness()
+        parts.append("## Correctness (relative error vs float32 PyTorch)\n\n"
+                     + _table(results["correctness"],
+                              ["case", "dtype", "rel_error", "unwritten", "ok",
+                               "seed"]))  # fmt: skip
+        print(parts[-1], flush=True)
+    if "prefill" in sections:
+        results["prefill"] = prefill_speed(limits["matmul_tflops"])
+        parts.append(
+            f"## Prefill, bf16, head dim {HEAD_DIM}, KV blocks of {PAGE}\n\n"
+            + _table(results["prefill"],
+                     ["shape", "heads", "batch", "ms", "tflops", "pct_matmul",
+                      "fa3_tflops", "fa3_ratio", "history_ms", "candidates_ms",
+                      "candidates_tflops"]))  # fmt: skip
+        print(parts[-1], flush=True)
+    if "decode" in sections:
+        results["decode"] = decode_speed(limits["copy_tbps"])
+        parts.append(f"## Decode, bf16, 16 heads x {HEAD_DIM}\n\n"
+                     + _table(results["decode"],
+                              ["kernel", "batch", "length", "ms", "tbps",
+                               "pct_copy", "read_tbps", "read_pct_copy"]))  # fmt: skip
+        print(parts[-1], flush=True)
+    if "splits" in sections:
+        results["decode_splits"] = decode_splits(limits["copy_tbps"])
+        parts.append(
+            "## Decode key splits: ms per split count, and the "
+            "heuristic's choice\n\n" + _table(results["decode_splits"])
+        )
+        print(parts[-1], flush=True)
+    if "returning" in sections:
+        results["returning"] = returning_speed()
+        parts.append(
+            "## Returning user: new events over a cached history, bf16"
+            "\n\n" + _table(results["returning"])
+        )
+        print(parts[-1], flush=True)
+    if "sweep" in sections:
+        results["sweep"] = sweep()
+        parts.append("## Tile configurations\n\n" + _table(results["sweep"]))
+        print(parts[-1], flush=True)
+    report = "\n\n".join(parts)
     (args.out / f"{stem}.md").write_text(report + "\n")
-    (args.out / f"{stem}.json").write_text(json.dumps(
-        dict(header=header, ceilings=limits, correctness=checks, prefill=prefill,
-             decode=decode, returning=returning), indent=2))  # fmt: skip
-    if not all(row["ok"] for row in checks):
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    if not all(row["ok"] for row in results.get("correctness", [])):
         raise SystemExit("correctness check failed")
 
 

@@ -15,9 +15,14 @@
      1040-event request cold: the latency of one request alone, and the cost
      per request at load (32 users at once: wall time / requests).
 2. The DLRMv3 peer workload on `mtgr-rank-dlrmv3`: 32 users x (1024 history +
-   2048 candidates) scored in one engine step, against Meta's published
-   9.30 ms per forward (10.6 M tokens/s); then the same users again with
-   their histories cached.
+   2048 candidates) scored in one engine step through the offline API with
+   NumPy inputs, against Meta's published 9.30 ms per forward (10.6 M
+   tokens/s); then the same users again with their histories cached.
+3. The same users through `vllm-mtgr serve`'s `/pooling`, one user per
+   request in typed binary fields, from 32 concurrent clients.
+4. NVIDIA recsys-examples' returning user (`mtgr-rank-recsys`: 8 layers,
+   D=1024, 4 heads x 256): 8 users with 3968 cached tokens, 128 new events
+   and 256 candidates each, against the same requests cold.
 Each section runs in a fresh process (vLLM forks its engine; GPU memory is
 returned between engines). Prints tables and writes them (markdown + JSON)
 with device, versions and date.
@@ -38,6 +43,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 # This folder holds kernels.py, which would shadow the `kernels` package that
@@ -46,6 +52,7 @@ HERE = Path(__file__).resolve().parent
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 CAPTURE_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+SECTIONS = ("retrieval", "peer", "peer-server", "recsys")
 PEER_MS = 9.30  # Meta DLRMv3, per forward of 32 x (1024 + 2048) tokens
 PEER_TOKENS_PER_S = 10.6e6
 
@@ -75,9 +82,15 @@ class Workload:
     peer_history: int = 1024
     peer_candidates: int = 2048
     peer_repeats: int = 5
-    # vLLM hashes every full block of every prompt: 16-token blocks are 6,144
-    # hashes per peer forward, 64-token blocks a quarter of that.
-    peer_block_sizes: tuple[int, ...] = (16, 64)
+    # KV block sizes of the offline peer runs (16 and 64 until 2026-12, when
+    # candidates were tokens and 16-token blocks cost 4x the block hashes).
+    peer_block_sizes: tuple[int, ...] = (64,)
+    # NVIDIA recsys-examples' returning user (8 layers, D=1024, 4 x 256).
+    recsys_preset: str = "mtgr-rank-recsys"
+    recsys_users: int = 8
+    recsys_cached: int = 3968
+    recsys_new: int = 128
+    recsys_candidates: int = 256
 
 
 SMOKE = Workload(
@@ -101,6 +114,11 @@ SMOKE = Workload(
     peer_history=200,
     peer_candidates=32,
     peer_repeats=2,
+    recsys_preset="mtgr-rank-small",
+    recsys_users=2,
+    recsys_cached=100,
+    recsys_new=20,
+    recsys_candidates=8,
 )
 
 
@@ -395,36 +413,29 @@ async def latency_at_rates(engine, histories, work: Workload, rates, ids) -> dic
 
 
 def ranking_users(config: dict, work: Workload, rng: random.Random) -> list[dict]:
+    """Peer users as the offline API takes them: NumPy arrays, no JSON."""
+    gen = np.random.default_rng(rng.randrange(2**32))
     users = []
     for _ in range(work.peer_users):
         start = rng.randint(1_000_000_000, 1_700_000_000)
-        times = sorted(
-            start + rng.randint(0, 90 * 86400) for _ in range(work.peer_history)
-        )
+        times = np.sort(start + gen.integers(0, 90 * 86400, work.peer_history))
+        candidates = work.peer_candidates
         users.append(
             {
-                "profile": [
-                    rng.randrange(config["profile_vocab_size"])
-                    for _ in range(config["num_profile_features"])
-                ],
+                "profile": gen.integers(
+                    0, config["profile_vocab_size"], config["num_profile_features"]
+                ),
                 "history": {
-                    "items": [
-                        rng.randint(1, config["num_items"])
-                        for _ in range(work.peer_history)
-                    ],
+                    "items": gen.integers(1, config["num_items"], work.peer_history),
                     "timestamps": times,
                 },
                 "candidates": {
-                    "items": [
-                        rng.randint(1, config["num_items"])
-                        for _ in range(work.peer_candidates)
-                    ],
-                    "features": [
-                        [rng.random() for _ in range(config["num_cross_features"])]
-                        for _ in range(work.peer_candidates)
-                    ],
+                    "items": gen.integers(1, config["num_items"], candidates),
+                    "features": gen.random(
+                        (candidates, config["num_cross_features"]), np.float32
+                    ),
                 },
-                "request_timestamp": times[-1] + 60,
+                "request_timestamp": int(times[-1]) + 60,
             }
         )
     return users
@@ -432,31 +443,49 @@ def ranking_users(config: dict, work: Workload, rng: random.Random) -> list[dict
 
 def with_new_candidates(users: list[dict], config: dict, rng: random.Random):
     """The same users (same profile and history) with fresh candidates."""
+    gen = np.random.default_rng(rng.randrange(2**32))
     out = []
     for user in users:
         count = len(user["candidates"]["items"])
         candidates = {
-            "items": [rng.randint(1, config["num_items"]) for _ in range(count)],
+            "items": gen.integers(1, config["num_items"], count),
             "features": user["candidates"]["features"],
         }
         out.append({**user, "candidates": candidates})
     return out
 
 
+def as_binary(user: dict) -> dict:
+    """A peer user in the HTTP form: typed binary arrays (vllm_mtgr.arrays)."""
+    from vllm_mtgr.arrays import encode_array
+
+    def convert(value):
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        if isinstance(value, np.ndarray):
+            return encode_array(value)
+        return value
+
+    return convert(user)
+
+
 def peer_engine(model: Path, work: Workload, block_size: int | None = None):
-    """(`LLM`, config, tokens per forward): every peer user in one step."""
+    """(`LLM`, config, tokens per forward): every peer user in one step.
+
+    Candidates are not prompt tokens: a step holds the users' histories; the
+    tokens per forward count histories and candidates, as Meta's do."""
     from vllm import LLM
 
     config = json.loads((model / "config.json").read_text())
-    length = config["num_profile_features"] + work.peer_history + work.peer_candidates
-    step_tokens = work.peer_users * length
-    kwargs = engine_kwargs(model, work, length)
+    history = config["num_profile_features"] + work.peer_history
+    kwargs = engine_kwargs(model, work, history + 1)
     kwargs.update(
-        max_num_batched_tokens=step_tokens,
+        max_num_batched_tokens=work.peer_users * history,
         max_num_seqs=work.peer_users,
         block_size=block_size,
     )
     kwargs.pop("max_logprobs")
+    step_tokens = work.peer_users * (history + work.peer_candidates)
     return LLM(**kwargs), config, step_tokens
 
 
@@ -487,6 +516,164 @@ def peer_section(model: Path, work: Workload, block_size: int) -> dict:
         "warm_ms": 1e3 * warm_s,
         "warm_cached_tokens_per_user": statistics.median(cached),
         "cold_over_peer": 1e3 * cold_s / PEER_MS,
+        "inputs": "NumPy arrays (offline API)",
+        "candidates_are_tokens": False,
+    }
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def peer_server_section(model: Path, work: Workload) -> dict:
+    """The peer users through `vllm-mtgr serve`'s `/pooling`, one user per
+    request in typed binary fields, from `peer_users` concurrent clients."""
+    import httpx
+
+    config = json.loads((model / "config.json").read_text())
+    history = config["num_profile_features"] + work.peer_history
+    port = 8000 + random.Random().randrange(1000)
+    gpu = torch.cuda.is_available()
+    command = [
+        sys.executable, "-m", "vllm_mtgr.cli", "serve", str(model),
+        "--served-model-name", "peer", "--port", str(port), "--load-format", "dummy",
+        "--dtype", work.dtype, "--max-model-len", str(history + 1),
+        "--max-num-batched-tokens", str(work.peer_users * history),
+        "--max-num-seqs", str(work.peer_users), "--block-size", "64" if gpu else "16",
+        "--gpu-memory-utilization", str(work.gpu_memory_utilization),
+        *([] if gpu else ["--enforce-eager"]),
+    ]  # fmt: skip
+    log = Path(tempfile.gettempdir()) / "peer-server.log"
+    with open(log, "w") as output:
+        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 600
+        while True:
+            if server.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"server did not start:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(2)
+        rng = random.Random(5)
+        bodies = [
+            json.dumps({"model": "peer", "data": as_binary(user)}).encode()
+            for _ in range(work.peer_repeats + 1)
+            for user in ranking_users(config, work, rng)
+        ]
+
+        async def send_all(batch: list[bytes]) -> tuple[float, list[float]]:
+            async with httpx.AsyncClient(timeout=600) as client:
+
+                async def one(body: bytes) -> float:
+                    start = time.perf_counter()
+                    response = await client.post(
+                        f"{base}/pooling", content=body,
+                        headers={"Content-Type": "application/json"},
+                    )  # fmt: skip
+                    response.raise_for_status()
+                    return time.perf_counter() - start
+
+                start = time.perf_counter()
+                latencies = await asyncio.gather(*[one(b) for b in batch])
+                return time.perf_counter() - start, list(latencies)
+
+        users = work.peer_users
+        asyncio.run(send_all(bodies[:users]))  # warm-up
+        walls, latencies = [], []
+        for first in range(users, len(bodies), users):
+            wall, lat = asyncio.run(send_all(bodies[first : first + users]))
+            walls.append(wall)
+            latencies += lat
+        return {
+            "concurrent_clients": users,
+            "requests": len(latencies),
+            "request_bytes": statistics.median(len(b) for b in bodies),
+            "requests_per_s": len(latencies) / sum(walls),
+            "p50_ms": 1e3 * _percentile(latencies, 0.5),
+            "p99_ms": 1e3 * _percentile(latencies, 0.99),
+            "wall_ms_per_32_users": 1e3 * statistics.median(walls) * 32 / users,
+        }
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def returning_ranking_section(model: Path, work: Workload) -> dict:
+    """NVIDIA recsys-examples' returning user: per user a long history of
+    `recsys_cached` tokens cached by an earlier request, `recsys_new` new
+    real-time events, `recsys_candidates` candidates; `recsys_users` at once.
+    Against the same requests cold (new users)."""
+    from vllm import LLM
+
+    config = json.loads((model / "config.json").read_text())
+    history = work.recsys_cached + work.recsys_new
+    kwargs = engine_kwargs(model, work, history + 1)
+    kwargs.update(
+        max_num_batched_tokens=work.recsys_users * history,
+        max_num_seqs=work.recsys_users,
+        block_size=64 if torch.cuda.is_available() else 16,
+    )
+    kwargs.pop("max_logprobs")
+    llm = LLM(**kwargs)
+    gen = np.random.default_rng(7)
+    profile = config["num_profile_features"]
+
+    def user() -> dict:
+        long = work.recsys_cached - profile  # events: long history, then new
+        times = np.sort(gen.integers(1_600_000_000, 1_700_000_000, history - profile))
+        items = gen.integers(1, config["num_items"], history - profile)
+        return {
+            "profile": gen.integers(0, config["profile_vocab_size"], profile),
+            "history": {"items": items[:long], "timestamps": times[:long]},
+            "realtime": {"items": items[long:], "timestamps": times[long:]},
+            "candidates": {
+                "items": gen.integers(1, config["num_items"], work.recsys_candidates),
+                "features": gen.random(
+                    (work.recsys_candidates, config["num_cross_features"]), np.float32
+                ),
+            },
+            "request_timestamp": int(times[-1]) + 60,
+        }
+
+    def earlier(request: dict) -> dict:  # the same user before the new events
+        return {**request, "realtime": None}
+
+    def rank(requests: list[dict]) -> tuple[float, list[int]]:
+        start = time.perf_counter()
+        (output,) = llm.encode(
+            {"data": requests}, pooling_task="plugin", use_tqdm=False
+        )
+        seconds = time.perf_counter() - start
+        return seconds, [r["num_cached_tokens"] for r in output.outputs["results"]]
+
+    rank([user() for _ in range(work.recsys_users)])  # warm-up
+    cold, returning, cached = [], [], []
+    for _ in range(work.peer_repeats):
+        cold.append(rank([user() for _ in range(work.recsys_users)])[0])
+        users = [user() for _ in range(work.recsys_users)]
+        rank([earlier(u) for u in users])
+        seconds, hits = rank(users)
+        returning.append(seconds)
+        cached.append(statistics.median(hits))
+    cold_ms = 1e3 * statistics.median(cold)
+    returning_ms = 1e3 * statistics.median(returning)
+    return {
+        "users": work.recsys_users,
+        "cached": work.recsys_cached,
+        "new": work.recsys_new,
+        "candidates": work.recsys_candidates,
+        "cold_ms": cold_ms,
+        "returning_ms": returning_ms,
+        "cold_over_returning": cold_ms / returning_ms,
+        "cached_tokens_per_user": statistics.median(cached),
     }
 
 
@@ -518,8 +705,12 @@ def section_main(args: argparse.Namespace) -> None:
     kind, _, arg = args.section.partition(":")
     if kind == "retrieval":
         out = asyncio.run(retrieval_section(models[arg], work, arg == "mtgr", rates))
-    else:
+    elif kind == "peer":
         out = peer_section(models["ranking"], work, int(arg))
+    elif kind == "peer-server":
+        out = peer_server_section(models["ranking"], work)
+    else:
+        out = returning_ranking_section(models["recsys"], work)
     Path(args.result).write_text(json.dumps(out))
 
 
@@ -548,7 +739,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["retrieval", "peer"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=list(SECTIONS))
     parser.add_argument("--section", help=argparse.SUPPRESS)
     for hidden in ("--work", "--models", "--rates", "--result"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
@@ -567,6 +758,7 @@ def main() -> None:
             "ranking": str(
                 write_mtgr(work.ranking_preset, tmp / "ranking", work.dtype)
             ),
+            "recsys": str(write_mtgr(work.recsys_preset, tmp / "recsys", work.dtype)),
         }
         report, raw = run(work, models, args.skip)
     text = "\n\n".join([f"# End-to-end serving through vLLM\n\n{header()}", *report])
@@ -574,7 +766,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"serve-{'smoke-' if args.smoke else ''}{time.strftime('%Y%m%d')}"
     if args.skip:  # a partial run: name the sections it has
-        stem += "-" + "-".join(s for s in ("retrieval", "peer") if s not in args.skip)
+        stem += "-" + "-".join(s for s in SECTIONS if s not in args.skip)
     (args.out / f"{stem}.md").write_text(text + "\n")
     raw["header"] = header()
     (args.out / f"{stem}.json").write_text(json.dumps(raw, indent=2))
@@ -631,9 +823,26 @@ def run(work: Workload, models: dict, skip: list[str]) -> tuple[list[str], dict]
         report.append(
             f"## DLRMv3 peer workload: {work.peer_users} users x "
             f"({work.peer_history} history + {work.peer_candidates} candidates), "
-            f"`{work.ranking_preset}`; Meta's DLRMv3: {PEER_MS} ms per forward, "
-            f"{PEER_TOKENS_PER_S / 1e6:.1f} M tokens/s\n\n"
+            f"`{work.ranking_preset}`, offline API; Meta's DLRMv3: {PEER_MS} ms "
+            f"per forward, {PEER_TOKENS_PER_S / 1e6:.1f} M tokens/s\n\n"
             + _table(peer, list(peer[0]))
+        )
+    if "peer-server" not in skip:
+        server = run_section("peer-server", work, models)
+        raw["peer_server"] = server
+        report.append(
+            "## The same users through `/pooling`: one user per request, typed "
+            f"binary fields, {work.peer_users} concurrent clients\n\n"
+            + _table([server], list(server))
+        )
+    if "recsys" not in skip:
+        recsys = run_section("recsys", work, models)
+        raw["recsys_returning"] = recsys
+        report.append(
+            f"## Returning user, recsys-examples' shape (`{work.recsys_preset}`): "
+            f"{work.recsys_users} users, {work.recsys_cached} cached + "
+            f"{work.recsys_new} new events, {work.recsys_candidates} candidates"
+            "\n\n" + _table([recsys], list(recsys))
         )
     return report, raw
 

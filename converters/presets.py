@@ -74,6 +74,11 @@ PRESETS = {
     "mtgr-rank-dlrmv3": Preset(
         1_000_000, 512, 5, 4, 128, 3200, TASKS, 8, 100_000, 16, 256, 2048
     ),
+    # NVIDIA recsys-examples' inference shape: 8 layers, D=1024, 4 heads x
+    # 256, histories of 4096 events, 256 candidates per user.
+    "mtgr-rank-recsys": Preset(
+        1_000_000, 1024, 8, 4, 256, 4224, TASKS, 8, 100_000, 16, 256, 256
+    ),
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .paged_torch import HSTUAttentionParams, halve_bias_tables
+from .paged_torch import HSTUAttentionParams, kernel_bias_tables
 
 
 def hstu_attention(
@@ -25,21 +25,21 @@ def hstu_attention(
     params: HSTUAttentionParams,
     output: torch.Tensor,
     max_query_len: int | None = None,
-    halved_tables: tuple[torch.Tensor, torch.Tensor] | None = None,
+    bias_tables: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """HSTU attention of each query token over its request's cached keys.
 
     See `paged_torch` for the layout contract; writes `output[..., :value_dim]`.
     `max_query_len` (a host int) lets the GPU path pick its decode kernel;
-    `halved_tables` (`halve_bias_tables(pos_w, ts_w)`, kept by the caller)
-    spare it converting the tables on every call.
+    `bias_tables` (`kernel_bias_tables(pos_w, ts_w)`, kept by the caller)
+    spare it building the tables on every call.
     """
     args = (query, kv_cache, block_table, query_start_loc, seq_lens, pos_w, ts_w)
     if query.is_cuda:
         from .paged_triton import hstu_attention_triton
 
         hstu_attention_triton(
-            *args, params, output, max_query_len, halved_tables=halved_tables
+            *args, params, output, max_query_len, bias_tables=bias_tables
         )
     else:
         from .paged_torch import hstu_paged_attention
@@ -60,7 +60,7 @@ def candidate_attention(
     ts_w: torch.Tensor,
     params: HSTUAttentionParams,
     output: torch.Tensor,
-    halved_tables: tuple[torch.Tensor, torch.Tensor] | None = None,
+    bias_tables: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Ranking candidates over their request's cached history and themselves.
 
@@ -72,7 +72,7 @@ def candidate_attention(
     if query.is_cuda:
         from .paged_triton import candidate_attention_triton
 
-        candidate_attention_triton(*args, halved_tables=halved_tables)
+        candidate_attention_triton(*args, bias_tables=bias_tables)
     else:
         from .paged_torch import candidate_attention_torch
 
@@ -113,7 +113,7 @@ __all__ = [
     "HSTUAttentionParams",
     "candidate_attention",
     "gated_layer_norm",
-    "halve_bias_tables",
+    "kernel_bias_tables",
     "hstu_attention",
     "write_kv_cache",
 ]

@@ -5,7 +5,7 @@ Layout contract shared with the Triton kernels (`kernels.paged_triton`):
 * `kv_cache` is the layer's logical `[num_blocks, heads, block_size, 2 * hs]`
   view (any physical strides): key in `[..., :hs]`, value in `[..., hs:]`.
 * A key slot holds `k[:attention_dim]`, then `TIME_SLOTS` byte values of the
-  key's timestamp (see `vllm_mtgr.events.byte_slots`), then padding. A query
+  key's timestamp (see `vllm_mtgr.slots`), then padding. A query
   has the same layout with its query time, followed by `KEY_LIMIT_SLOTS` byte
   values of its key limit. A value slot holds `v[:value_dim]`.
 * Query token t of request r sits at position
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vllm_mtgr.events import KEY_LIMIT_SLOTS, TIME_SLOTS, times_from_slots
+from vllm_mtgr.slots import KEY_LIMIT_SLOTS, TIME_SLOTS, times_from_slots
 
 from .reference import time_buckets
 
@@ -79,14 +79,27 @@ def gather_request_kv(
     return pages[:seq_len]
 
 
-def halve_bias_tables(
+# The Triton kernels read a row's position bias for a whole key block past
+# the table's end (for keys they then mask): pad by more than a block.
+POSITION_PAD = 128
+
+
+def kernel_bias_tables(
     pos_w: torch.Tensor, ts_w: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The bias tables as the Triton kernels read them: float32 (no
-    conversion per score) and halved, exactly (see `paged_triton._silu_half`).
-    Halving in the kernel would cost an instruction per score: the bias add
-    is free, folded into the `tl.dot` accumulator; a multiply-add is not."""
-    return 0.5 * pos_w.float(), 0.5 * ts_w.float()
+    conversion per score) and halved, exactly (see `paged_triton._silu_half`;
+    halving in the kernel would cost an instruction per score).
+
+    Position: four copies of the table, copy s shifted left by s entries and
+    padded with its last entry, so that any run of it starts 16-byte aligned
+    in one copy (see `paged_triton`). Time: the table itself.
+    """
+    half = 0.5 * pos_w.float()
+    length = -(-(half.numel() + POSITION_PAD) // 16) * 16
+    index = torch.arange(4)[:, None] + torch.arange(length)[None, :]
+    copies = half[index.clamp(max=half.numel() - 1).to(half.device)]
+    return copies, 0.5 * ts_w.float()
 
 
 def hstu_paged_attention(

@@ -8,9 +8,7 @@ Same contract as `paged_torch` (layout, positions, key-limit masks). Kernels:
   `silu(q.k + rab) / N @ v` with tensor-core dots. HSTU has no softmax, so
   there is no running max or rescaling. Programs find their request by a
   binary search over `query_start_loc` on the device (as vLLM's unified
-  attention does): no host work per batch, so the launch is graph-safe. Keys
-  are visited in two ranges: the prefix every row may see, then the tile's
-  own diagonal (candidates see themselves but no other candidate).
+  attention does): no host work per batch, so the launch is graph-safe.
 * `_decode_kernel`: one query token per request. Memory-bound; the keys of a
   request are split across `num_splits` programs whose partial outputs are
   simply summed (again: no softmax to renormalise).
@@ -21,6 +19,28 @@ Same contract as `paged_torch` (layout, positions, key-limit masks). Kernels:
 * `_gated_layer_norm_kernel`: `u * LayerNorm(attention)`, reading the
   attention output straight from the `[T, heads, cache_head_size]` buffer.
 * `_write_kv_kernel`: stores new keys and values in their cache slots.
+
+What makes the key loop fast (each point read off ptxas and SASS for sm_90,
+Triton 3.6, no GPU needed; `benchmarks/results/h200-20261201/NOTES.md`):
+
+* The bias is added to the scores by an instruction the combiner cannot fold
+  into the `tl.dot` accumulator (`_add_after_dot`): folded, the accumulator's
+  initial value came from ordinary instructions inside the pipelined loop,
+  and ptxas serialised every wgmma (warning C7515).
+* The relative-position bias of a tile is a plain 2-D load: query i's bias
+  for keys n0.. is `pos_w[N - 1 - i + n0 :]`, a contiguous run per row. The
+  layer keeps four copies of its table, shifted by 0..3 entries
+  (`paged_torch.kernel_bias_tables`), so every row's run starts 16-byte
+  aligned in one of them; Triton then pipelines the tile through shared
+  memory with 16-byte copies, like K and V, instead of one gather with 64-bit
+  address arithmetic per score.
+* Times are exact float halves (`high * 65536`, `low`), so a time difference
+  is three adds; a query's come from 1-D loads, so that every per-score
+  computation stays in the MMA layout (from a 2-D load, the whole bias was
+  computed in another layout and shuffled into the MMA's, score by score).
+* Key blocks that every row of a tile sees whole run without masks.
+* With a KV block at least as long as the key tile, a key tile is one page:
+  one page-table read per tile, and contiguous K/V rows.
 """
 
 from __future__ import annotations
@@ -29,9 +49,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .paged_torch import HSTUAttentionParams, halve_bias_tables
+from .paged_torch import HSTUAttentionParams, kernel_bias_tables
 
 LN2 = tl.constexpr(0.6931471805599453)
+# floor(x) as round(x - 0.5): adding 1.5 * 2^23 leaves round(x) in the low
+# mantissa bits, no float->int instruction (those share the SFU with tanh).
+ROUNDING = tl.constexpr(12582912.0)
+ROUNDING_BITS = tl.constexpr(0x4B400000)
 # a * (1 + tanh(a)) on two packed 16-bit values (sm_90 for bf16x2).
 SILU_HALF_BF16X2 = tl.constexpr(
     "{ .reg .b32 t; tanh.approx.bf16x2 t, $1; fma.rn.bf16x2 $0, $1, t, $1; }"
@@ -42,43 +66,44 @@ SILU_HALF_F16X2 = tl.constexpr(
 
 
 @triton.jit
-def _slot_halves(ptrs, mask):
-    """A time's 4 byte slots as exact float halves (high, low): t = high*2^16+low.
-
-    Times differences then need no int->float conversion per element.
-    """
+def _key_times(ptrs, mask):
+    """Keys' times from their 4 byte slots at `ptrs` (`[keys]`): exact float
+    halves (high * 65536, low), t = high + low. One 2-D load per key block;
+    the halves then reach the MMA layout as two small vectors."""
     i = tl.arange(0, 4)
     raw = tl.load(ptrs[:, None] + i[None, :], mask=mask[:, None], other=0.0)
     weights = tl.where(i % 2 == 0, 1.0, 256.0)
     low = tl.sum(tl.where(i < 2, raw.to(tl.float32) * weights, 0.0), axis=1)
     high = tl.sum(tl.where(i >= 2, raw.to(tl.float32) * weights, 0.0), axis=1)
-    return high, low
+    return high * 65536.0, low
 
 
 @triton.jit
-def _slot_bytes(ptrs, mask, COUNT: tl.constexpr):
-    """Decode `COUNT` byte-valued slots at `ptrs + 0..COUNT-1` into int32.
+def _row_times(ptrs, mask):
+    """Queries' times, as `_key_times`, from 1-D loads (see the module doc)."""
+    b0 = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    b1 = tl.load(ptrs + 1, mask=mask, other=0.0).to(tl.float32)
+    b2 = tl.load(ptrs + 2, mask=mask, other=0.0).to(tl.float32)
+    b3 = tl.load(ptrs + 3, mask=mask, other=0.0).to(tl.float32)
+    return (b2 + 256.0 * b3) * 65536.0, b0 + 256.0 * b1
 
-    One vector load of `[rows, 4]` per call: `ptrs` is `[rows]`.
-    """
-    i = tl.arange(0, 4)
-    raw = tl.load(ptrs[:, None] + i[None, :], mask=mask[:, None] & (i < COUNT)[None, :],
-                  other=0.0)  # fmt: skip
-    return tl.sum(raw.to(tl.int32) << (8 * i)[None, :], axis=1)
+
+@triton.jit
+def _row_limits(ptrs, mask):
+    """Queries' key limits from their 3 byte slots (1-D loads)."""
+    b0 = tl.load(ptrs, mask=mask, other=0.0).to(tl.int32)
+    b1 = tl.load(ptrs + 1, mask=mask, other=0.0).to(tl.int32)
+    b2 = tl.load(ptrs + 2, mask=mask, other=0.0).to(tl.int32)
+    return b0 + (b1 << 8) + (b2 << 16)
 
 
 @triton.jit
 def _fast_log2(x):
+    # ftz: no denormal fix-up around the SFU op (inputs are >= 1).
     return tl.inline_asm_elementwise(
-        "lg2.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
-    )
-
-
-@triton.jit
-def _fast_tanh(x):
-    return tl.inline_asm_elementwise(
-        "tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
-    )
+        "lg2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+        pack=1,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -128,57 +153,44 @@ def _silu_half(a, DTYPE: tl.constexpr, FAST: tl.constexpr):
 
 
 @triton.jit
-def _rab(rel, high_q, low_q, high_k, low_k, POS_W, TS_W, divisor,
-         NUM_BUCKETS: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
-    """pos_w[rel] + ts_w[floor(ln(max(|t_q - t_k|, 1)) / divisor)].
+def _time_bias(high_q, low_q, high_k, low_k, TS_W, divisor,
+               NUM_BUCKETS: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
+    """ts_w[floor(ln(max(|t_q - t_k|, 1)) / divisor)], clamped to the table.
 
-    `rel` = N - 1 + distance, in range. POS_W and TS_W are float32.
-    |t_q - t_k| is computed from the times' float halves: exact, then rounded
-    once to float32, as Meta's int64 -> float32.
+    |t_q - t_k| from the times' halves: exact, then rounded once to float32,
+    as Meta's int64 -> float32.
     """
-    bias = _table(POS_W + rel, FAST)
-    delta = (high_q[:, None] - high_k[None, :]) * 65536.0 + (
-        low_q[:, None] - low_k[None, :]
-    )
+    delta = (high_q[:, None] - high_k[None, :]) + (low_q[:, None] - low_k[None, :])
     seconds = tl.maximum(tl.abs(delta), 1.0)
     if FAST:
-        # floor(x) as round(x - 0.5) by the 1.5 * 2^23 trick: no float->int op.
-        scaled = _fast_log2(seconds) * (LN2 / divisor) - 0.5 + 12582912.0
-        bucket = scaled.to(tl.int32, bitcast=True) - 0x4B400000
+        # Clamped before rounding (min(floor x, B) = floor(min(x, B + 0.5)));
+        # the rounding constant's bits are taken off the table pointer.
+        scaled = _fast_log2(seconds) * (LN2 / divisor) - 0.5
+        scaled = tl.minimum(scaled, NUM_BUCKETS) + ROUNDING
+        bias = _table(TS_W - ROUNDING_BITS + scaled.to(tl.int32, bitcast=True), FAST)
     else:  # exactly Meta's float32 arithmetic
         bucket = tl.math.div_rn(tl.log(seconds), divisor).to(tl.int32)
-    bucket = tl.minimum(tl.maximum(bucket, 0), NUM_BUCKETS)
-    return bias + _table(TS_W + bucket, FAST)
+        bias = _table(TS_W + tl.minimum(tl.maximum(bucket, 0), NUM_BUCKETS), FAST)
+    return bias
+
+
+@triton.jit
+def _add_after_dot(scores, bias, FAST: tl.constexpr):
+    """scores + bias, opaque to Triton's combiner when FAST (module doc)."""
+    if FAST:
+        out = tl.inline_asm_elementwise(
+            "add.f32 $0, $1, $2;", "=f,f,f", [scores, bias], dtype=tl.float32,
+            is_pure=True, pack=1,
+        )  # fmt: skip
+    else:
+        out = scores + bias
+    return out
 
 
 @triton.jit
 def _logical_position(pos_q, limit_q):
     """Candidates (0 < limit <= position) sit at position `limit`."""
     return tl.where((limit_q > 0) & (limit_q <= pos_q), limit_q, pos_q)
-
-
-@triton.jit
-def _query_rows(q_rows, ok, pos_q, max_len, DQK: tl.constexpr,
-                BLOCK_DQK: tl.constexpr):  # fmt: skip
-    """(q halved, time halves, row_end, row_offset) of query rows at `q_rows`.
-
-    Halving q is exact and makes the scores come out halved (`_silu_half`).
-    Keys j < row_end are visible to a row (i + 1 when causal, else its key
-    limit); row_offset is `max_len - 1 - logical i`, 0-based for rows not
-    `ok` so that their position lookups stay in the table.
-    """
-    d_qk = tl.arange(0, BLOCK_DQK)
-    q = tl.load(
-        q_rows[:, None] + d_qk[None, :],
-        mask=ok[:, None] & (d_qk[None, :] < DQK),
-        other=0.0,
-    )
-    high_q, low_q = _slot_halves(q_rows + DQK, ok)
-    limit_q = _slot_bytes(q_rows + DQK + 4, ok, 3)
-    logical_q = _logical_position(pos_q, limit_q)
-    row_end = tl.where(limit_q == 0, pos_q + 1, limit_q)
-    row_offset = max_len - 1 - tl.where(ok, logical_q, 0)
-    return q * 0.5, high_q, low_q, row_end, row_offset
 
 
 @triton.jit
@@ -201,69 +213,104 @@ def _find_request(QUERY_START, q_block, num_reqs, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _attend_block(
-    acc, q, pos_q, row_end, row_offset, high_q, low_q, start, end, table, KV,
-    POS_W, TS_W, stride_kvb, stride_kvh, stride_kvn, head, max_len, divisor,
+def _bias_rows(POSITION_COPIES, stride_copy, max_len, logical):
+    """Pointers to each row's position bias for key 0, `pos_w[N - 1 - i]`,
+    in the copy (shifted by `(N - 1 - i) % 4`) where it is 16-byte aligned."""
+    offset = max_len - 1 - logical
+    return POSITION_COPIES + (offset % 4) * stride_copy + offset // 4 * 4
+
+
+@triton.jit
+def _key_block(
+    acc, q, high_q, low_q, bias_rows, pos_q, row_end, start, end, table, KV,
+    TS_W, stride_kvb, stride_kvh, stride_kvn, head, own_bias, divisor,
+    DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr,
+    BLOCK_DV: tl.constexpr, HS: tl.constexpr, PAGE: tl.constexpr,
+    NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr, FAST: tl.constexpr,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+):  # fmt: skip
+    """acc += silu(q.k + rab) @ v over the keys [start, start + BLOCK_N).
+
+    `bias_rows` points at each row's position bias for key 0 (`_bias_rows`);
+    `q` and the tables are halved (`_silu_half`). Unmasked: every key is
+    below `end` and visible to every row. Masked: keys from `end` on load as
+    zeros (they add nothing whatever their score); a row sees keys below its
+    `row_end` and its own key (position `pos_q`, at distance 0).
+    """
+    d_qk = tl.arange(0, BLOCK_DQK)
+    d_v = tl.arange(0, BLOCK_DV)
+    c = tl.arange(0, BLOCK_N)
+    n = start + c
+    if PAGE % BLOCK_N == 0:  # one page per key block
+        page = tl.load(table + start // PAGE).to(tl.int64)
+        rows = KV + page * stride_kvb + head * stride_kvh
+        rows += (start % PAGE + c) * stride_kvn
+    else:
+        page = tl.load(table + n // PAGE, mask=n < end, other=0).to(tl.int64)
+        rows = KV + page * stride_kvb + head * stride_kvh + (n % PAGE) * stride_kvn
+    key_mask = d_qk[None, :] < DQK
+    value_mask = d_v[None, :] < DV
+    n_ok = n < end
+    if MASKED:
+        key_mask = key_mask & n_ok[:, None]
+        value_mask = value_mask & n_ok[:, None]
+    k = tl.load(rows[:, None] + d_qk[None, :], mask=key_mask, other=0.0)
+    v = tl.load(rows[:, None] + HS + d_v[None, :], mask=value_mask, other=0.0)
+    high_k, low_k = _key_times(rows + DQK, n_ok)
+    a = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    bias = tl.load(bias_rows[:, None] + n[None, :])
+    if MASKED:
+        own = n[None, :] == pos_q[:, None]
+        bias = tl.where(own, own_bias, bias)
+    rab = bias + _time_bias(high_q, low_q, high_k, low_k, TS_W, divisor,
+                            NUM_BUCKETS, FAST)  # fmt: skip
+    p = _silu_half(_add_after_dot(a, rab, FAST), v.dtype, FAST)
+    if MASKED:
+        p = tl.where(own | (n[None, :] < row_end[:, None]), p, 0.0)
+    return tl.dot(p, v, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _key_range(
+    acc, q, high_q, low_q, bias_rows, pos_q, row_end, lo, full_end, hi, key_end,
+    table,
+    KV, TS_W, stride_kvb, stride_kvh, stride_kvn, head, own_bias, divisor,
     DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr,
     BLOCK_DV: tl.constexpr, HS: tl.constexpr, PAGE: tl.constexpr,
     NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr, FAST: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """acc += silu(q.k + rab) @ v over keys [start, min(start + BLOCK_N, end)).
-
-    Per row (query position i): keys j < `row_end` are visible (i + 1 when
-    causal, else the key limit), and so is its own key, at distance 0;
-    `row_offset` is `max_len - 1 - logical i` (0-based for padding rows). `q`
-    and the bias tables are halved (see `_silu_half`). Keys past `end` load
-    as zeros, so they add nothing whatever their score; they are clamped
-    only to keep their position lookups inside the table. Padding rows are
-    computed but never stored. One body for every block (no branch between
-    masked and unmasked blocks): Triton 3.6 fails to software-pipeline the
-    loop around such a branch.
-    """
-    d_qk = tl.arange(0, BLOCK_DQK)
-    d_v = tl.arange(0, BLOCK_DV)
-    n = start + tl.arange(0, BLOCK_N)
-    n_ok = n < end
-    page = tl.load(table + n // PAGE, mask=n_ok, other=0).to(tl.int64)
-    rows = KV + page * stride_kvb + head * stride_kvh + (n % PAGE) * stride_kvn
-    k = tl.load(
-        rows[:, None] + d_qk[None, :],
-        mask=n_ok[:, None] & (d_qk[None, :] < DQK),
-        other=0.0,
-    )
-    v = tl.load(
-        rows[:, None] + HS + d_v[None, :],
-        mask=n_ok[:, None] & (d_v[None, :] < DV),
-        other=0.0,
-    )
-    high_k, low_k = _slot_halves(rows + DQK, n_ok)
-    a = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-    own = n[None, :] == pos_q[:, None]
-    key = tl.minimum(n, end - 1)
-    rel = tl.where(own, max_len - 1, key[None, :] + row_offset[:, None])
-    a += _rab(rel, high_q, low_q, high_k, low_k, POS_W, TS_W, divisor,
-              NUM_BUCKETS, FAST)  # fmt: skip
-    p = _silu_half(a, v.dtype, FAST)
-    p = tl.where(own | (n[None, :] < row_end[:, None]), p, 0.0)
-    return acc + tl.dot(p, v, input_precision=PRECISION)
+    """Keys [lo, hi): blocks before `full_end` unmasked, the rest masked,
+    with keys from `key_end` on not loaded."""
+    for start in range(lo, full_end, BLOCK_N):
+        acc = _key_block(
+            acc, q, high_q, low_q, bias_rows, pos_q, row_end, start, full_end,
+            table, KV, TS_W, stride_kvb, stride_kvh, stride_kvn, head, own_bias,
+            divisor, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE, NUM_BUCKETS,
+            PRECISION, FAST, BLOCK_N, False,
+        )  # fmt: skip
+    for start in range(tl.maximum(lo, full_end), hi, BLOCK_N):
+        acc = _key_block(
+            acc, q, high_q, low_q, bias_rows, pos_q, row_end, start, key_end, table,
+            KV, TS_W, stride_kvb, stride_kvh, stride_kvn, head, own_bias, divisor,
+            DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE, NUM_BUCKETS, PRECISION, FAST,
+            BLOCK_N, True,
+        )  # fmt: skip
+    return acc
 
 
 @triton.jit
 def _prefill_kernel(
-    Q, KV, OUT, BLOCK_TABLE, QUERY_START, SEQ_LENS, POS_W, TS_W,
-    stride_qt, stride_qh, stride_kvb, stride_kvh, stride_kvn,
-    stride_os, stride_ot, stride_oh, stride_bt,
-    num_reqs, max_len, divisor, inv_normalizer,
+    Q, KV, OUT, BLOCK_TABLE, QUERY_START, SEQ_LENS, POSITION_COPIES, TS_W,
+    stride_qt, stride_qh, stride_kvb, stride_kvh, stride_kvn, stride_ot,
+    stride_oh, stride_bt, stride_copy, num_reqs, max_len, divisor,
+    inv_normalizer,
     DQK: tl.constexpr, DV: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, HS: tl.constexpr,
     PAGE: tl.constexpr, NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr,
     FAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLIT: tl.constexpr,
 ):  # fmt: skip
-    """One tile of BLOCK_M query rows of one request and head, over the key
-    blocks of its split (program axis 2); with several splits, OUT holds one
-    float32 partial sum per split (`stride_os`), else the output itself."""
+    """One tile of BLOCK_M query rows of one request and head."""
     q_block = tl.program_id(0)
     head = tl.program_id(1)
     req = _find_request(QUERY_START, q_block, num_reqs, BLOCK_M)
@@ -279,53 +326,54 @@ def _prefill_kernel(
     token = (q_start + m).to(tl.int64)
     pos_q = seq_len - q_len + m
     q_rows = Q + token * stride_qt + head * stride_qh
-    q, high_q, low_q, row_end, row_offset = _query_rows(
-        q_rows, m_ok, pos_q, max_len, DQK, BLOCK_DQK
-    )
+    d_qk = tl.arange(0, BLOCK_DQK)
+    q = tl.load(q_rows[:, None] + d_qk[None, :],
+                mask=m_ok[:, None] & (d_qk[None, :] < DQK), other=0.0)  # fmt: skip
+    q = q * 0.5  # exact; the scores come out halved (`_silu_half`)
+    high_q, low_q = _row_times(q_rows + DQK, m_ok)
+    limit_q = _row_limits(q_rows + DQK + 4, m_ok)
+    # Keys j < row_end are visible (i + 1 when causal, else the key limit).
+    row_end = tl.where(limit_q == 0, pos_q + 1, limit_q)
+    logical = tl.where(m_ok, _logical_position(pos_q, limit_q), 0)
+    bias_rows = _bias_rows(POSITION_COPIES, stride_copy, max_len, logical)
 
     # Keys: each row's prefix (causal, bidirectional, or before the
-    # candidates) up to `prefix_end`, then the tile's diagonal from
-    # `diagonal`, for candidates' own keys; one loop over both ranges.
+    # candidates), then the tile's diagonal, for candidates' own keys.
     first_pos = seq_len - q_len + local * BLOCK_M
     last_pos = tl.minimum(first_pos + BLOCK_M, seq_len) - 1
     prefix_end = tl.minimum(tl.max(tl.where(m_ok, row_end, 0), axis=0), seq_len)
-    diagonal = tl.maximum(prefix_end, first_pos)
-    prefix_blocks = tl.cdiv(prefix_end, BLOCK_N)
-    blocks = prefix_blocks + tl.cdiv(tl.maximum(last_pos + 1 - diagonal, 0), BLOCK_N)
-    first_block = 0
-    if SPLIT:  # a constexpr: one split compiles to the plain loop, no spills
-        per_split = tl.cdiv(blocks, tl.num_programs(2))
-        first_block = tl.program_id(2) * per_split
-        blocks = tl.minimum(blocks, first_block + per_split)
+    full_end = tl.min(tl.where(m_ok, row_end, seq_len), axis=0) // BLOCK_N * BLOCK_N
+    # Keys that exist for this tile: every row's prefix and its own key.
+    key_end = tl.maximum(prefix_end, last_pos + 1)
+    diagonal = tl.maximum(tl.cdiv(prefix_end, BLOCK_N), first_pos // BLOCK_N)
     table = BLOCK_TABLE + req.to(tl.int64) * stride_bt
+    own_bias = tl.load(POSITION_COPIES + max_len - 1)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    for block in range(first_block, blocks):
-        in_prefix = block < prefix_blocks
-        start = tl.where(
-            in_prefix, block * BLOCK_N, diagonal + (block - prefix_blocks) * BLOCK_N
-        )
-        end = tl.where(in_prefix, prefix_end, last_pos + 1)
-        acc = _attend_block(
-            acc, q, pos_q, row_end, row_offset, high_q, low_q, start, end,
-            table, KV, POS_W, TS_W, stride_kvb, stride_kvh,
-            stride_kvn, head, max_len, divisor, DQK, DV, BLOCK_DQK, BLOCK_DV, HS,
-            PAGE, NUM_BUCKETS, PRECISION, FAST, BLOCK_N,
+    acc = _key_range(
+        acc, q, high_q, low_q, bias_rows, pos_q, row_end, 0, full_end, prefix_end,
+        key_end, table, KV, TS_W, stride_kvb, stride_kvh, stride_kvn, head,
+        own_bias, divisor, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE, NUM_BUCKETS,
+        PRECISION, FAST, BLOCK_N,
+    )  # fmt: skip
+    for start in range(diagonal * BLOCK_N, last_pos + 1, BLOCK_N):
+        acc = _key_block(
+            acc, q, high_q, low_q, bias_rows, pos_q, row_end, start, key_end,
+            table, KV, TS_W, stride_kvb, stride_kvh, stride_kvn, head, own_bias,
+            divisor, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE, NUM_BUCKETS,
+            PRECISION, FAST, BLOCK_N, True,
         )  # fmt: skip
 
     d_v = tl.arange(0, BLOCK_DV)
-    out = OUT + tl.program_id(2) * stride_os + head * stride_oh
-    out += token[:, None] * stride_ot + d_v[None, :]
-    acc = acc * inv_normalizer
-    tl.store(
-        out, acc.to(OUT.dtype.element_ty), mask=m_ok[:, None] & (d_v[None, :] < DV)
-    )
+    out = OUT + head * stride_oh + token[:, None] * stride_ot + d_v[None, :]
+    tl.store(out, (acc * inv_normalizer).to(OUT.dtype.element_ty),
+             mask=m_ok[:, None] & (d_v[None, :] < DV))  # fmt: skip
 
 
 @triton.jit
 def _decode_kernel(
-    Q, KV, PARTIAL, BLOCK_TABLE, SEQ_LENS, POS_W, TS_W,
+    Q, KV, PARTIAL, BLOCK_TABLE, SEQ_LENS, POSITION_COPIES, TS_W,
     stride_qt, stride_qh, stride_kvb, stride_kvh, stride_kvn,
-    stride_ps, stride_pt, stride_ph, stride_bt,
+    stride_ps, stride_pt, stride_ph, stride_bt, stride_copy,
     max_len, divisor, inv_normalizer,
     DQK: tl.constexpr, DV: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, HS: tl.constexpr,
@@ -347,19 +395,26 @@ def _decode_kernel(
     r = tl.arange(0, 16)
     first = r < 1
     q_rows = Q + req.to(tl.int64) * stride_qt + head * stride_qh + r * 0
+    d_qk = tl.arange(0, BLOCK_DQK)
+    q = tl.load(q_rows[:, None] + d_qk[None, :],
+                mask=first[:, None] & (d_qk[None, :] < DQK), other=0.0)  # fmt: skip
+    q = q * 0.5
+    high_q, low_q = _row_times(q_rows + DQK, first)
+    limit_q = _row_limits(q_rows + DQK + 4, first)
     pos_q = seq_len - 1 + r * 0
-    q, high_q, low_q, row_end, row_offset = _query_rows(
-        q_rows, first, pos_q, max_len, DQK, BLOCK_DQK
-    )
+    row_end = tl.where(limit_q == 0, pos_q + 1, limit_q)
+    logical = _logical_position(pos_q, limit_q)
+    bias_rows = _bias_rows(POSITION_COPIES, stride_copy, max_len, logical)
+    own_bias = tl.load(POSITION_COPIES + max_len - 1)
     table = BLOCK_TABLE + req.to(tl.int64) * stride_bt
     acc = tl.zeros([16, BLOCK_DV], dtype=tl.float32)
-    for start in range(begin, end, BLOCK_N):
-        acc = _attend_block(
-            acc, q, pos_q, row_end, row_offset, high_q, low_q, start, end,
-            table, KV, POS_W, TS_W, stride_kvb, stride_kvh,
-            stride_kvn, head, max_len, divisor, DQK, DV, BLOCK_DQK, BLOCK_DV, HS,
-            PAGE, NUM_BUCKETS, PRECISION, FAST, BLOCK_N,
-        )  # fmt: skip
+    full_end = tl.minimum(end, tl.min(row_end, axis=0)) // BLOCK_N * BLOCK_N
+    acc = _key_range(
+        acc, q, high_q, low_q, bias_rows, pos_q, row_end, begin,
+        tl.maximum(begin, full_end), end, end, table, KV, TS_W, stride_kvb,
+        stride_kvh, stride_kvn, head, own_bias, divisor, DQK, DV, BLOCK_DQK,
+        BLOCK_DV, HS, PAGE, NUM_BUCKETS, PRECISION, FAST, BLOCK_N,
+    )  # fmt: skip
     d_v = tl.arange(0, BLOCK_DV)
     out = PARTIAL + split * stride_ps + req.to(tl.int64) * stride_pt + head * stride_ph
     tl.store(out + r[:, None] * 0 + d_v[None, :], acc * inv_normalizer,
@@ -368,10 +423,11 @@ def _decode_kernel(
 
 @triton.jit
 def _candidate_kernel(
-    Q, K, V, TIMES, LIMITS, KV, OUT, BLOCK_TABLE, CANDIDATE_START, POS_W, TS_W,
+    Q, K, V, TIMES, LIMITS, KV, OUT, BLOCK_TABLE, CANDIDATE_START,
+    POSITION_COPIES, TS_W,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_kvb, stride_kvh, stride_kvn, stride_ot, stride_oh, stride_bt,
-    num_reqs, max_len, divisor, inv_normalizer,
+    stride_copy, num_reqs, max_len, divisor, inv_normalizer,
     DQK: tl.constexpr, DV: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, HS: tl.constexpr,
     PAGE: tl.constexpr, NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr,
@@ -397,30 +453,31 @@ def _candidate_kernel(
     q = tl.load(Q + row[:, None] * stride_qt + head * stride_qh + d_qk[None, :],
                 mask=qk_mask, other=0.0) * 0.5  # fmt: skip
     when = tl.load(TIMES + row, mask=m_ok, other=0)
-    high_q = (when >> 16).to(tl.float32)
+    high_q = (when >> 16).to(tl.float32) * 65536.0
     low_q = (when & 0xFFFF).to(tl.float32)
     limit = tl.load(LIMITS + row, mask=m_ok, other=0)
-    row_offset = max_len - 1 - limit
+    bias_rows = _bias_rows(POSITION_COPIES, stride_copy, max_len, limit)
     never = tl.full([BLOCK_M], -1, tl.int32)  # own keys are not in the cache
     prefix_end = tl.max(limit, axis=0)
+    full_end = tl.min(tl.where(m_ok, limit, prefix_end), axis=0) // BLOCK_N * BLOCK_N
     table = BLOCK_TABLE + req.to(tl.int64) * stride_bt
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    for block in range(0, tl.cdiv(prefix_end, BLOCK_N)):
-        acc = _attend_block(
-            acc, q, never, limit, row_offset, high_q, low_q, block * BLOCK_N,
-            prefix_end, table, KV, POS_W, TS_W, stride_kvb, stride_kvh,
-            stride_kvn, head, max_len, divisor, DQK, DV, BLOCK_DQK, BLOCK_DV, HS,
-            PAGE, NUM_BUCKETS, PRECISION, FAST, BLOCK_N,
-        )  # fmt: skip
+    own_bias = tl.load(POSITION_COPIES + max_len - 1)
 
-    # Own key: distance 0 and time difference 0 (bucket 0); halved tables.
+    # Own key first, as the accumulator's start (its operands then are not
+    # live through the loop): distance 0, time difference 0 (bucket 0).
     k = tl.load(K + row[:, None] * stride_kt + head * stride_kh + d_qk[None, :],
                 mask=qk_mask, other=0.0)  # fmt: skip
     v = tl.load(V + row[:, None] * stride_vt + head * stride_vh + d_v[None, :],
                 mask=m_ok[:, None] & (d_v[None, :] < DV), other=0.0)  # fmt: skip
     own = tl.sum(q.to(tl.float32) * k.to(tl.float32), axis=1)
-    own = 2.0 * (own + tl.load(POS_W + max_len - 1) + tl.load(TS_W))
-    acc += (own * tl.sigmoid(own))[:, None] * v.to(tl.float32)
+    own = 2.0 * (own + own_bias + tl.load(TS_W))
+    acc = (own * tl.sigmoid(own))[:, None] * v.to(tl.float32)
+    acc = _key_range(
+        acc, q, high_q, low_q, bias_rows, never, limit, 0, full_end, prefix_end,
+        prefix_end, table, KV, TS_W, stride_kvb, stride_kvh, stride_kvn, head,
+        own_bias, divisor, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE, NUM_BUCKETS,
+        PRECISION, FAST, BLOCK_N,
+    )  # fmt: skip
     out = OUT + row[:, None] * stride_ot + head * stride_oh + d_v[None, :]
     tl.store(out, (acc * inv_normalizer).to(OUT.dtype.element_ty),
              mask=m_ok[:, None] & (d_v[None, :] < DV))  # fmt: skip
@@ -501,28 +558,40 @@ def _block(d: int) -> int:
 
 
 def _prefill_blocks(dqk: int, dv: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the prefill kernel."""
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the prefill and
+    candidate kernels; `benchmarks/kernels.py --sweep` measures others."""
     if max(dqk, dv) > 128:
         return 64, 32, 4, 2
-    return 64, 64, 4, 2
+    return 128, 64, 8, 2
 
 
 DECODE_CONFIG = (64, 4, 2)  # BLOCK_N, warps, stages
-
-
-# Key splits (waves, most): enough programs for `waves` per multiprocessor,
-# at most `most` splits. Decode: batch shape only, never sequence lengths, so
-# that a captured CUDA graph replays with the same grid whatever the lengths.
-# Prefill: for a few query rows over a long cached prefix (a returning user's
-# new events), which would otherwise walk all its keys in a handful of
-# programs while most of the GPU idles; large prefills get one split.
+# Decode key splits (waves, most): enough programs for `waves` per
+# multiprocessor, at most `most` splits; from the batch shape only, never
+# sequence lengths, so that a captured CUDA graph replays with the same grid.
 DECODE_SPLITS = (8, 64)
-PREFILL_SPLITS = (2, 16)
 
 
 def key_splits(programs: int, num_sms: int, waves: int, most: int) -> int:
     """Splits of each program's keys so that `programs` fill the GPU."""
     return max(1, min(most, triton.cdiv(waves * num_sms, max(programs, 1))))
+
+
+def _common(query: torch.Tensor, kv_cache: torch.Tensor, params, ts_w) -> dict:
+    dqk, dv = params.attention_dim, params.value_dim
+    return dict(
+        # Approximate SFU math (lg2/tanh) for 16-bit models; exact for fp32.
+        FAST=query.is_cuda and query.dtype != torch.float32,
+        # fp32 models get exact fp32 dots, not TF32 (bf16/fp16 ignore this).
+        PRECISION="ieee",
+        DQK=dqk,
+        DV=dv,
+        BLOCK_DQK=_block(dqk),
+        BLOCK_DV=_block(dv),
+        HS=kv_cache.shape[-1] // 2,
+        PAGE=kv_cache.shape[2],
+        NUM_BUCKETS=ts_w.numel() - 1,
+    )
 
 
 def hstu_attention_triton(
@@ -539,38 +608,24 @@ def hstu_attention_triton(
     num_splits: int | None = None,
     prefill_config: tuple[int, int, int, int] | None = None,
     decode_config: tuple[int, int, int] | None = None,
-    halved_tables: tuple[torch.Tensor, torch.Tensor] | None = None,
+    bias_tables: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Triton HSTU attention; `max_query_len == 1` takes the decode kernel.
 
-    `num_splits` (key splits), `prefill_config` (BLOCK_M, BLOCK_N,
+    `num_splits` (decode key splits), `prefill_config` (BLOCK_M, BLOCK_N,
     warps, stages) and `decode_config` (BLOCK_N, warps, stages) override the
     defaults; `benchmarks/kernels.py --sweep` uses them to tune.
-    `halved_tables` are `halve_bias_tables(pos_w, ts_w)` made ahead of time.
+    `bias_tables` are `kernel_bias_tables(pos_w, ts_w)` made ahead of time.
     """
     num_tokens, heads = query.shape[0], query.shape[1]
     num_reqs = seq_lens.shape[0]
     if num_tokens == 0:
         return
-    page = kv_cache.shape[2]
-    hs = kv_cache.shape[-1] // 2
-    dqk, dv = params.attention_dim, params.value_dim
-    common = dict(
-        # Approximate SFU math (lg2/tanh) for 16-bit models; exact for fp32.
-        FAST=query.is_cuda and query.dtype != torch.float32,
-        # fp32 models get exact fp32 dots, not TF32 (bf16/fp16 ignore this).
-        PRECISION="ieee",
-        DQK=dqk,
-        DV=dv,
-        BLOCK_DQK=_block(dqk),
-        BLOCK_DV=_block(dv),
-        HS=hs,
-        PAGE=page,
-        NUM_BUCKETS=ts_w.numel() - 1,
-    )
+    common = _common(query, kv_cache, params, ts_w)
     kv_strides = (kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2))
-    pos_w, ts_w = halved_tables or halve_bias_tables(pos_w, ts_w)
+    copies, ts_w = bias_tables or kernel_bias_tables(pos_w, ts_w)
     scalars = (params.max_len, params.time_bucket_divisor, 1.0 / params.normalizer)
+    dv = params.value_dim
     if max_query_len == 1 and num_tokens == num_reqs:
         splits = num_splits or key_splits(
             num_tokens * heads, _multiprocessors(query.device), *DECODE_SPLITS
@@ -580,34 +635,25 @@ def hstu_attention_triton(
             (splits, num_tokens, heads, dv), dtype=torch.float32, device=query.device
         )
         _decode_kernel[(num_tokens, heads, splits)](
-            query, kv_cache, partial, block_table, seq_lens, pos_w, ts_w,
+            query, kv_cache, partial, block_table, seq_lens, copies, ts_w,
             query.stride(0), query.stride(1), *kv_strides,
             partial.stride(0), partial.stride(1), partial.stride(2),
-            block_table.stride(0), *scalars, BLOCK_N=block_n, **common,
-            num_warps=warps, num_stages=stages,
+            block_table.stride(0), copies.stride(0), *scalars, BLOCK_N=block_n,
+            **common, num_warps=warps, num_stages=stages,
         )  # fmt: skip
         output[..., :dv] = partial.sum(dim=0)
         return
-    block_m, block_n, warps, stages = prefill_config or _prefill_blocks(dqk, dv)
-    tiles = num_tokens // block_m + num_reqs
-    splits = num_splits or key_splits(
-        tiles * heads, _multiprocessors(query.device), *PREFILL_SPLITS
+    block_m, block_n, warps, stages = prefill_config or _prefill_blocks(
+        params.attention_dim, dv
     )
-    target = output
-    if splits > 1:
-        target = torch.empty(
-            (splits, num_tokens, heads, dv), dtype=torch.float32, device=query.device
-        )
-    split_stride = target.stride(0) if splits > 1 else 0
-    _prefill_kernel[(tiles, heads, splits)](
-        query, kv_cache, target, block_table, query_start_loc, seq_lens, pos_w, ts_w,
-        query.stride(0), query.stride(1), *kv_strides,
-        split_stride, target.stride(-3), target.stride(-2), block_table.stride(0),
-        num_reqs, *scalars, BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=splits > 1,
-        **common, num_warps=warps, num_stages=stages,
+    tiles = num_tokens // block_m + num_reqs
+    _prefill_kernel[(tiles, heads)](
+        query, kv_cache, output, block_table, query_start_loc, seq_lens, copies,
+        ts_w, query.stride(0), query.stride(1), *kv_strides, output.stride(0),
+        output.stride(1), block_table.stride(0), copies.stride(0), num_reqs,
+        *scalars, BLOCK_M=block_m, BLOCK_N=block_n, **common, num_warps=warps,
+        num_stages=stages,
     )  # fmt: skip
-    if splits > 1:
-        output[..., :dv] = target.sum(dim=0)
 
 
 def candidate_attention_triton(
@@ -623,7 +669,7 @@ def candidate_attention_triton(
     ts_w: torch.Tensor,
     params: HSTUAttentionParams,
     output: torch.Tensor,
-    halved_tables: tuple[torch.Tensor, torch.Tensor] | None = None,
+    bias_tables: tuple[torch.Tensor, torch.Tensor] | None = None,
     config: tuple[int, int, int, int] | None = None,
 ) -> None:
     """Triton `paged_torch.candidate_attention_torch`: one launch for all
@@ -633,23 +679,21 @@ def candidate_attention_triton(
     num_reqs = candidate_start.shape[0] - 1
     if num_candidates == 0:
         return
-    dqk, dv = params.attention_dim, params.value_dim
-    block_m, block_n, warps, stages = config or _prefill_blocks(dqk, dv)
-    pos_w, ts_w = halved_tables or halve_bias_tables(pos_w, ts_w)
+    common = _common(query, kv_cache, params, ts_w)
+    block_m, block_n, warps, stages = config or _prefill_blocks(
+        params.attention_dim, params.value_dim
+    )
+    copies, ts_w = bias_tables or kernel_bias_tables(pos_w, ts_w)
     tiles = num_candidates // block_m + num_reqs
     _candidate_kernel[(tiles, heads)](
         query, key, value, times, limits, kv_cache, output, block_table,
-        candidate_start, pos_w, ts_w,
+        candidate_start, copies, ts_w,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1),
         value.stride(0), value.stride(1),
         kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2),
         output.stride(0), output.stride(1), block_table.stride(0),
-        num_reqs, params.max_len, params.time_bucket_divisor,
-        1.0 / params.normalizer,
-        FAST=query.is_cuda and query.dtype != torch.float32, PRECISION="ieee",
-        DQK=dqk, DV=dv, BLOCK_DQK=_block(dqk), BLOCK_DV=_block(dv),
-        HS=kv_cache.shape[-1] // 2, PAGE=kv_cache.shape[2],
-        NUM_BUCKETS=ts_w.numel() - 1, BLOCK_M=block_m, BLOCK_N=block_n,
+        copies.stride(0), num_reqs, params.max_len, params.time_bucket_divisor,
+        1.0 / params.normalizer, BLOCK_M=block_m, BLOCK_N=block_n, **common,
         num_warps=warps, num_stages=stages,
     )  # fmt: skip
 

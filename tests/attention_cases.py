@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from vllm_mtgr.kernels import HSTUAttentionParams
 from vllm_mtgr.kernels.reference import time_buckets
 
-from vllm_mtgr.events import KEY_LIMIT_SLOTS, TIME_SLOTS, byte_slots, time_slots
+from vllm_mtgr.slots import KEY_LIMIT_SLOTS, TIME_SLOTS, byte_slots, time_slots
 
 QUERY_CHUNK = 1024  # dense reference rows per step, to bound memory
 
@@ -288,7 +288,8 @@ def make_candidate_case(
         k = randn(count, heads, dqk).to(dtype)
         v = randn(count, heads, dv).to(dtype)
         limits = torch.randint(1, length + 1, (count,), generator=g).to(device)
-        times = key_times[-1] + torch.randint(-(10**6), 10**6, (count,), generator=g)
+        jitter = torch.randint(-(10**6), 10**6, (count,), generator=g)
+        times = key_times[-1] + jitter.to(device)
         for name, value in zip(
             ("query", "key", "value", "times", "limits"),
             (q, k, v, times.to(device), limits.to(torch.int32)),

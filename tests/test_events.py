@@ -15,9 +15,8 @@ from vllm_mtgr.events import (
     decode_position_rows,
     encode_position_rows,
     parse_events,
-    time_slots,
-    times_from_slots,
 )
+from vllm_mtgr.slots import time_slots, times_from_slots
 
 
 def test_query_time_is_the_next_event_then_the_request():

@@ -21,7 +21,7 @@ from attention_cases import (  # noqa: E402
     relative_error,
 )
 from vllm_mtgr.kernels.paged_torch import (  # noqa: E402
-    halve_bias_tables,
+    kernel_bias_tables,
     write_kv_cache,
 )
 from vllm_mtgr.kernels.paged_triton import (  # noqa: E402
@@ -50,10 +50,14 @@ def _seed() -> int:
     return random.randrange(2**31)
 
 
+# KV block sizes: a key tile spans pages (16), or is one page (64, 128).
+PAGES = [16, 64, 128]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("splits", [None, 3], ids=["default_splits", "3_splits"])
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: f"page{p}")
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_prefill_kernel(name, splits, dtype):
+def test_prefill_kernel(name, page, dtype):
     seq_lens, query_lens, contexts, candidates = CASES[name]
     seed = _seed()
     case = make_case(
@@ -61,23 +65,26 @@ def test_prefill_kernel(name, splits, dtype):
         query_lens,
         context_ends=contexts,
         candidate_starts=candidates,
+        block_size=page,
         dtype=dtype,
         device=DEVICE,
         generator=torch.Generator().manual_seed(seed),
     )
-    got = case.run(hstu_attention_triton, max(query_lens), num_splits=splits)
+    got = case.run(hstu_attention_triton, max(query_lens))
     assert not got.isnan().any(), f"seed {seed}: unwritten output"
     assert relative_error(got, case.expected) < TOLERANCE[dtype], f"seed {seed}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: f"page{p}")
 @pytest.mark.parametrize("splits", [1, 3])
-def test_decode_kernel_with_key_splits(dtype, splits):
+def test_decode_kernel_with_key_splits(dtype, splits, page):
     seed = _seed()
     case = make_case(
-        [17, 1, 70, 33],
+        [17, 1, 70, 133],
         [1, 1, 1, 1],
         candidate_starts=[None, None, 60, None],
+        block_size=page,
         dtype=dtype,
         device=DEVICE,
         generator=torch.Generator().manual_seed(seed),
@@ -89,9 +96,9 @@ def test_decode_kernel_with_key_splits(dtype, splits):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("query_len", [1, 9])
-def test_kernels_read_the_precomputed_halved_tables(dtype, query_len):
-    """The model's tables, halved once after loading, replace the raw ones:
-    with the raw tables poisoned, results still equal the reference."""
+def test_kernels_read_the_precomputed_tables(dtype, query_len):
+    """The model's kernel tables, made once after loading, replace the raw
+    ones: with the raw tables poisoned, results still equal the reference."""
     seed = _seed()
     case = make_case(
         [40, 9],
@@ -100,10 +107,10 @@ def test_kernels_read_the_precomputed_halved_tables(dtype, query_len):
         device=DEVICE,
         generator=torch.Generator().manual_seed(seed),
     )
-    halved = halve_bias_tables(case.pos_w, case.ts_w)
+    tables = kernel_bias_tables(case.pos_w, case.ts_w)
     case.pos_w = torch.full_like(case.pos_w, float("nan"))
     case.ts_w = torch.full_like(case.ts_w, float("nan"))
-    got = case.run(hstu_attention_triton, query_len, halved_tables=halved)
+    got = case.run(hstu_attention_triton, query_len, bias_tables=tables)
     assert relative_error(got, case.expected) < TOLERANCE[dtype], f"seed {seed}"
 
 
@@ -125,6 +132,7 @@ def test_head_dims(dtype, dqk, dv):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: f"page{p}")
 @pytest.mark.parametrize(
     ("history_lens", "counts", "dqk", "dv"),
     [
@@ -134,11 +142,12 @@ def test_head_dims(dtype, dqk, dv):
     ],
     ids=["ragged", "tile_boundaries", "odd_head_dim"],
 )
-def test_candidate_kernel(dtype, history_lens, counts, dqk, dv):
+def test_candidate_kernel(dtype, page, history_lens, counts, dqk, dv):
     seed = _seed()
     case = make_candidate_case(
         history_lens,
         counts,
+        block_size=page,
         dqk=dqk,
         dv=dv,
         dtype=dtype,

@@ -29,8 +29,8 @@ from vllm.v1.attention.backend import (
 
 from vllm_mtgr.kernels import (
     HSTUAttentionParams,
-    halve_bias_tables,
     hstu_attention,
+    kernel_bias_tables,
     write_kv_cache,
 )
 
@@ -148,7 +148,7 @@ class HSTUAttentionImpl(AttentionImpl[HSTUAttentionMetadata]):
             self.params,
             output[:num_tokens],
             max_query_len=attn_metadata.max_query_len,
-            halved_tables=bias.halved_tables,
+            bias_tables=bias.kernel_tables,
         )
         return output
 
@@ -194,37 +194,31 @@ class HSTUAttentionBackend(AttentionBackend):
 class RelativeAttentionBias(nn.Module):
     """HSTU's learned bias by relative position and by time-difference bucket.
 
-    Also keeps the tables in the form the GPU kernels read (`halved_*`), made
-    once per weight load rather than in four launches per layer and step.
-    They are NaN until the first load, so that a missed refresh shows.
+    Also keeps the tables in the form the GPU kernels read
+    (`kernel_bias_tables`), made once per weight load rather than in four
+    launches per layer and step. They are NaN until the first load, so that
+    a missed refresh shows.
     """
 
     def __init__(self, max_len: int, num_time_buckets: int) -> None:
         super().__init__()
         self.position_weight = nn.Parameter(torch.empty(2 * max_len - 1))
         self.time_weight = nn.Parameter(torch.empty(num_time_buckets + 1))
-        unset = float("nan")
-        self.register_buffer(
-            "halved_position_weight",
-            torch.full((2 * max_len - 1,), unset, dtype=torch.float32),
-            persistent=False,
-        )
-        self.register_buffer(
-            "halved_time_weight",
-            torch.full((num_time_buckets + 1,), unset, dtype=torch.float32),
-            persistent=False,
-        )
+        tables = kernel_bias_tables(self.position_weight, self.time_weight)
+        for name, table in zip(("kernel_position", "kernel_time"), tables, strict=True):
+            unset = torch.full(table.shape, float("nan"), dtype=torch.float32)
+            self.register_buffer(name, unset, persistent=False)
 
-    def refresh_halved_tables(self) -> None:
+    def refresh_kernel_tables(self) -> None:
         """Recompute the kernels' tables, in place: captured CUDA graphs keep
         reading the same memory."""
-        halved = halve_bias_tables(self.position_weight, self.time_weight)
-        self.halved_position_weight.copy_(halved[0])
-        self.halved_time_weight.copy_(halved[1])
+        position, time = kernel_bias_tables(self.position_weight, self.time_weight)
+        self.kernel_position.copy_(position)
+        self.kernel_time.copy_(time)
 
     @property
-    def halved_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.halved_position_weight, self.halved_time_weight
+    def kernel_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.kernel_position, self.kernel_time
 
 
 class HSTUAttention(Attention):
@@ -257,4 +251,4 @@ class HSTUAttention(Attention):
     def process_weights_after_loading(self, act_dtype: torch.dtype) -> None:
         super().process_weights_after_loading(act_dtype)
         with torch.no_grad():
-            self.relative_bias.refresh_halved_tables()
+            self.relative_bias.refresh_kernel_tables()

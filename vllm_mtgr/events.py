@@ -22,7 +22,7 @@ position`. With `delta = request_time << POSITION_BITS`, generated tokens decode
 to key and query time = request time, with no per-step help from the
 scheduler. Key times of cached tokens are read back from the KV pages, where
 the model stores them as four byte-valued slots of each key (exact in fp32,
-fp16 and bf16): see `time_slots`.
+fp16 and bf16): see `vllm_mtgr.slots`.
 
 A chunk's query times include the first timestamp of the next chunk, so the
 hash of a chunk covers everything its tokens' KV depends on.
@@ -49,10 +49,6 @@ EVENT_CHUNK_TOKENS = 64
 POSITION_BITS = 20
 MAX_POSITION = (1 << POSITION_BITS) - 1
 MAX_TIMESTAMP = (1 << 31) - 1
-TIME_SLOTS = 4
-# A query also carries its key limit (see `kernels.paged_torch`) in 3 slots.
-KEY_LIMIT_SLOTS = 3
-_BYTE_SHIFTS = (0, 8, 16, 24)
 
 
 class EventsError(RequestError):
@@ -273,22 +269,3 @@ def decode_position_rows(
     """(positions, key times, query times) of each token, from `[3, T]` rows."""
     positions = rows[0] & MAX_POSITION
     return positions, rows[0] >> POSITION_BITS, rows[1] >> POSITION_BITS
-
-
-def byte_slots(
-    values: torch.Tensor, dtype: torch.dtype, count: int = TIME_SLOTS
-) -> torch.Tensor:
-    """`[T]` ints -> `[T, count]` byte values, exact in any float dtype."""
-    shifts = torch.tensor(_BYTE_SHIFTS[:count], device=values.device)
-    return ((values.unsqueeze(-1).long() >> shifts) & 0xFF).to(dtype)
-
-
-def time_slots(times: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`[T]` int times -> `[T, TIME_SLOTS]` byte values."""
-    return byte_slots(times, dtype, TIME_SLOTS)
-
-
-def times_from_slots(slots: torch.Tensor) -> torch.Tensor:
-    """Inverse of `byte_slots`: `[..., count]` floats -> `[...]` int64."""
-    shifts = torch.tensor(_BYTE_SHIFTS[: slots.shape[-1]], device=slots.device)
-    return (slots.to(torch.int64) << shifts).sum(-1)

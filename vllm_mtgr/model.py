@@ -34,11 +34,9 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm_mtgr.attention import HSTUAttention
 from vllm_mtgr.config import MTGRConfig
 from vllm_mtgr.events import (
-    KEY_LIMIT_SLOTS,
     decode_delta,
     decode_position_rows,
     encode_position_rows,
-    time_slots,
 )
 from vllm_mtgr.kernels import HSTUAttentionParams, gated_layer_norm
 from vllm_mtgr.multimodal import (
@@ -47,6 +45,7 @@ from vllm_mtgr.multimodal import (
     EventsProcessingInfo,
     events_from_features,
 )
+from vllm_mtgr.slots import KEY_LIMIT_SLOTS, time_slots
 
 
 def _attention_params(config: MTGRConfig) -> HSTUAttentionParams:

@@ -41,13 +41,10 @@ from vllm_mtgr.candidates import (
 )
 from vllm_mtgr.config import MTGRConfig
 from vllm_mtgr.events import (
-    KEY_LIMIT_SLOTS,
-    byte_slots,
     decode_position_rows,
     decode_ranking_rows,
     decode_tickets,
     encode_ranking_rows,
-    time_slots,
 )
 from vllm_mtgr.kernels import candidate_attention
 from vllm_mtgr.model import (
@@ -67,6 +64,7 @@ from vllm_mtgr.ranking_multimodal import (
 )
 from vllm_mtgr.ranking_request import CANDIDATE, NUM_GROUPS
 from vllm_mtgr.scoring_head import ScoringHead
+from vllm_mtgr.slots import KEY_LIMIT_SLOTS, byte_slots, time_slots
 
 
 class CandidateMLP(nn.Module):
@@ -180,7 +178,7 @@ class MTGRRankingModel(nn.Module):
                 q.view(rows, h, dqk), k.view(rows, h, dqk), v.view(rows, h, dv),
                 batch.times, batch.limits, batch.start, batch.block_table,
                 kv_cache, bias.position_weight, bias.time_weight, layer.params,
-                attention, halved_tables=bias.halved_tables,
+                attention, bias_tables=bias.kernel_tables,
             )  # fmt: skip
             x = layer.finish(x, attention, u, CANDIDATE)
         return x
