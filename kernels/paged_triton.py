@@ -8,7 +8,8 @@ Same contract as `paged_torch` (layout, positions, key-limit masks). Kernels:
   `silu(q.k + rab) / N @ v` with tensor-core dots. HSTU has no softmax, so
   there is no running max or rescaling. Programs find their request by a
   binary search over `query_start_loc` on the device (as vLLM's unified
-  attention does): no host work per batch, so the launch is graph-safe.
+  attention does, `_tile`): no host work per batch, so the launch is
+  graph-safe.
 * `_decode_kernel`: one query token per request. Memory-bound; the keys of a
   request are split across `num_splits` programs whose partial outputs are
   simply summed (again: no softmax to renormalise).
@@ -194,22 +195,27 @@ def _logical_position(pos_q, limit_q):
 
 
 @triton.jit
-def _find_request(QUERY_START, q_block, num_reqs, BLOCK_M: tl.constexpr):
-    """The request whose query blocks contain global block `q_block`.
+def _tile(ROW_START, q_block, num_reqs, BLOCK_M: tl.constexpr):
+    """(request, its first row, its row count, the tile's index within it) of
+    global row tile `q_block`.
 
-    Request r's blocks start at query_start[r] // BLOCK_M + r (an upper bound
-    that leaves room for every request's partial last block).
+    Request r's tiles start at row_start[r] // BLOCK_M + r (an upper bound
+    that leaves room for every request's partial last tile); a binary search
+    over `ROW_START` on the device finds r, so the launch needs no host work.
     """
     lo = 0
     hi = num_reqs
     while lo < hi:
         mid = (lo + hi) // 2
-        first = tl.load(QUERY_START + mid) // BLOCK_M + mid
+        first = tl.load(ROW_START + mid) // BLOCK_M + mid
         if first <= q_block:
             lo = mid + 1
         else:
             hi = mid
-    return lo - 1
+    req = lo - 1
+    start = tl.load(ROW_START + req)
+    length = tl.load(ROW_START + req + 1) - start
+    return req, start, length, q_block - (start // BLOCK_M + req)
 
 
 @triton.jit
@@ -311,12 +317,9 @@ def _prefill_kernel(
     FAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """One tile of BLOCK_M query rows of one request and head."""
-    q_block = tl.program_id(0)
     head = tl.program_id(1)
-    req = _find_request(QUERY_START, q_block, num_reqs, BLOCK_M)
-    q_start = tl.load(QUERY_START + req)
-    q_len = tl.load(QUERY_START + req + 1) - q_start
-    local = q_block - (q_start // BLOCK_M + req)
+    req, q_start, q_len, local = _tile(QUERY_START, tl.program_id(0), num_reqs,
+                                       BLOCK_M)  # fmt: skip
     if local * BLOCK_M >= q_len:
         return
     seq_len = tl.load(SEQ_LENS + req)
@@ -435,12 +438,9 @@ def _candidate_kernel(
 ):  # fmt: skip
     """BLOCK_M candidates of one request and one head: their request's cached
     keys before each one's limit, then each one's own key (not cached)."""
-    q_block = tl.program_id(0)
     head = tl.program_id(1)
-    req = _find_request(CANDIDATE_START, q_block, num_reqs, BLOCK_M)
-    c_start = tl.load(CANDIDATE_START + req)
-    c_len = tl.load(CANDIDATE_START + req + 1) - c_start
-    local = q_block - (c_start // BLOCK_M + req)
+    req, c_start, c_len, local = _tile(CANDIDATE_START, tl.program_id(0), num_reqs,
+                                       BLOCK_M)  # fmt: skip
     if local * BLOCK_M >= c_len:
         return
 

@@ -98,6 +98,24 @@ def _dense(q, keys, values, key_times, query_times, pos_q, limits, pos_w, ts_w,
     return torch.cat(out)
 
 
+def _shuffled_cache(lengths, heads, hs, block_size, dtype, randn, g, device):
+    """A cache with each sequence's blocks at shuffled places (so a kernel
+    must follow the block table), its block table, and each one's blocks."""
+    blocks_per_seq = [-(-n // block_size) for n in lengths]
+    num_blocks = sum(blocks_per_seq) + 3
+    order = torch.randperm(num_blocks, generator=g).to(device)
+    kv_cache = randn(num_blocks, heads, block_size, 2 * hs).to(dtype)
+    block_table = torch.zeros(
+        len(lengths), max(blocks_per_seq), dtype=torch.int32, device=device
+    )
+    blocks, used = [], 0
+    for r, count in enumerate(blocks_per_seq):
+        blocks.append(order[used : used + count])
+        block_table[r, :count] = blocks[-1].to(torch.int32)
+        used += count
+    return kv_cache, block_table, blocks
+
+
 def make_case(
     seq_lens: list[int],
     query_lens: list[int],
@@ -121,20 +139,14 @@ def make_case(
     def randn(*shape):
         return torch.randn(*shape, generator=g).to(device)
 
-    blocks_per_seq = [-(-n // block_size) for n in seq_lens]
-    num_blocks = sum(blocks_per_seq) + 3
-    order = torch.randperm(num_blocks, generator=g).to(device)
-    kv_cache = randn(num_blocks, heads, block_size, 2 * hs).to(dtype)
-    block_table = torch.zeros(
-        len(seq_lens), max(blocks_per_seq), dtype=torch.int32, device=device
+    kv_cache, block_table, seq_blocks = _shuffled_cache(
+        seq_lens, heads, hs, block_size, dtype, randn, g, device
     )
     pos_w = randn(2 * max_len - 1)
     ts_w = randn(129)
-    queries, expected, starts, used = [], [], [0], 0
+    queries, expected, starts = [], [], [0]
     for r, (seq_len, q_len) in enumerate(zip(seq_lens, query_lens, strict=True)):
-        blocks = order[used : used + blocks_per_seq[r]]
-        used += blocks_per_seq[r]
-        block_table[r, : len(blocks)] = blocks.to(torch.int32)
+        blocks = seq_blocks[r]
         keys, values = randn(seq_len, heads, dqk), randn(seq_len, heads, dv)
         gaps = torch.randint(0, 10**6, (seq_len,), generator=g)
         base = torch.randint(0, 2**30, (1,), generator=g)
@@ -253,24 +265,18 @@ def make_candidate_case(
     def randn(*shape):
         return torch.randn(*shape, generator=g).to(device)
 
-    blocks_per_seq = [-(-n // block_size) for n in history_lens]
-    num_blocks = sum(blocks_per_seq) + 3
-    order = torch.randperm(num_blocks, generator=g).to(device)
-    kv_cache = randn(num_blocks, heads, block_size, 2 * hs).to(dtype)
-    block_table = torch.zeros(
-        len(history_lens), max(blocks_per_seq), dtype=torch.int32, device=device
+    kv_cache, block_table, history_blocks = _shuffled_cache(
+        history_lens, heads, hs, block_size, dtype, randn, g, device
     )
     pos_w, ts_w = randn(2 * max_len - 1), randn(129)
     parts: dict[str, list[torch.Tensor]] = {
         name: [] for name in ("query", "key", "value", "times", "limits", "expected")
     }
-    starts, used = [0], 0
+    starts = [0]
     for r, (length, count) in enumerate(
         zip(history_lens, candidate_counts, strict=True)
     ):
-        blocks = order[used : used + blocks_per_seq[r]]
-        used += blocks_per_seq[r]
-        block_table[r, : len(blocks)] = blocks.to(torch.int32)
+        blocks = history_blocks[r]
         gaps = torch.randint(0, 10**6, (length,), generator=g)
         key_times = (torch.randint(0, 2**30, (1,), generator=g) + gaps.cumsum(0)).to(
             device
