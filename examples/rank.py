@@ -83,7 +83,14 @@ def ranking_request(config: dict, user: int, args: argparse.Namespace) -> dict:
         ([math.log1p(counts[i]), 1.0] + [0.0] * width)[:width] for i in candidates
     ]
     split = len(sequence.items) - args.realtime
-    history = config["max_position_embeddings"] - args.realtime - args.candidates - 8
+    # Candidates are not tokens: the history (profile + events) may take every
+    # position but the one the candidates sit at.
+    history = (
+        config["max_position_embeddings"]
+        - 1
+        - config["num_profile_features"]
+        - args.realtime
+    )
     return {
         "profile": user_profile(
             user, config["num_profile_features"], config["profile_vocab_size"]
