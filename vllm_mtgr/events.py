@@ -114,11 +114,27 @@ def parse_events(
     if ts and not 0 <= min(ts) <= max(ts) <= MAX_TIMESTAMP:
         for i, value in enumerate(ts):
             _check_timestamp(f"timestamps[{i}]", value)
+    # HSTU buckets |t_next - t_event|: out of order, a history would still
+    # get an answer, computed on times that cannot be right.
+    times = np.asarray(ts, dtype=np.int64)
+    if (times[1:] < times[:-1]).any():
+        i = int(np.flatnonzero(times[1:] < times[:-1])[0])
+        raise EventsError(
+            f"`timestamps` must be in time order: timestamps[{i + 1}] = "
+            f"{ts[i + 1]} is before timestamps[{i}] = {ts[i]}",
+            "timestamps",
+        )
     if request_timestamp is None:
         request_time = ts[-1] if ts else 0
     else:
         (request_time,) = _as_int_list("request_timestamp", [request_timestamp])
         _check_timestamp("request_timestamp", request_time)
+        if ts and request_time < ts[-1]:
+            raise EventsError(
+                f"`request_timestamp` = {request_time} is before the last event "
+                f"({ts[-1]}): a recommendation comes after the history",
+                "request_timestamp",
+            )
     action_ids = None
     if actions is not None:
         if num_action_types == 0:

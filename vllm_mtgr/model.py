@@ -46,6 +46,7 @@ from vllm_mtgr.multimodal import (
     events_from_features,
 )
 from vllm_mtgr.slots import KEY_LIMIT_SLOTS, time_slots
+from vllm_mtgr.weight_files import check_weight_files
 
 
 def _attention_params(config: MTGRConfig) -> HSTUAttentionParams:
@@ -261,6 +262,7 @@ class MTGRForCausalLM(nn.Module, SupportsMultiModal, SupportsMRoPE):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
         self.config: MTGRConfig = vllm_config.model_config.hf_config
+        self.model_dir = vllm_config.model_config.model
         self.model = MTGRModel(vllm_config=vllm_config, prefix=f"{prefix}model")
         self.tp_size = get_tensor_model_parallel_world_size()
         # 1 / |item embedding|, computed on first use after each weight load.
@@ -340,7 +342,7 @@ class MTGRForCausalLM(nn.Module, SupportsMultiModal, SupportsMRoPE):
         return logits
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        loaded = load_weights_by_name(self, weights)
+        loaded = load_weights_by_name(self, weights, self.model_dir)
         self._inverse_item_norms = None
         return loaded
 
@@ -367,9 +369,11 @@ def merge_event_embeddings(
 
 
 def load_weights_by_name(
-    module: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]
+    module: nn.Module, weights: Iterable[tuple[str, torch.Tensor]], model_dir: str
 ) -> set[str]:
     """Load checkpoint tensors named as the module's parameters; refuse others."""
+    # Before the (lazy) iterator opens a file: a broken one is named.
+    check_weight_files(model_dir)
     params = dict(module.named_parameters())
     loaded: set[str] = set()
     for name, tensor in weights:

@@ -223,6 +223,7 @@ class MTGRForRanking(nn.Module, SupportsMultiModal, SupportsMRoPE):
         super().__init__()
         config: MTGRConfig = vllm_config.model_config.hf_config
         self.config = config
+        self.model_dir = vllm_config.model_config.model
         self.model = MTGRRankingModel(vllm_config=vllm_config, prefix=f"{prefix}model")
         self.scoring_head = ScoringHead(
             config.hidden_size,
@@ -361,4 +362,4 @@ class MTGRForRanking(nn.Module, SupportsMultiModal, SupportsMRoPE):
         return self.scoring_head(hidden[:1]).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        return load_weights_by_name(self, weights)
+        return load_weights_by_name(self, weights, self.model_dir)

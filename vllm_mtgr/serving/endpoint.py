@@ -2,8 +2,10 @@
 
 vLLM loads endpoint plugins only when `VLLM_PLUGINS` names them
 (`VLLM_PLUGINS=mtgr vllm serve ...`; `vllm-mtgr serve` sets it). The plugin
-adds no route: it gives the existing `/v1/completions` an events-aware
-renderer (`vllm_mtgr.serving.completions`).
+adds no serving route: it gives the existing `/v1/completions` an
+events-aware renderer (`vllm_mtgr.serving.completions`), refuses the routes
+that would skip event validation and caps request bodies
+(`vllm_mtgr.serving.guards`), for retrieval and ranking models alike.
 """
 
 from __future__ import annotations
@@ -12,16 +14,34 @@ from argparse import Namespace
 from typing import Any
 
 from vllm_mtgr.serving.completions import with_events
+from vllm_mtgr.serving.guards import (
+    BodyLimit,
+    RankingRequestsOnly,
+    refuse_unchecked_routes,
+)
 
 
 class MTGREndpointPlugin:
     name = "mtgr"
-    required_tasks = ("generate",)
+    # Every task: the guards serve ranking (pooling) servers too.
+    required_tasks = None
 
     def attach_router(self, app: Any) -> None:
-        """Nothing to attach: `/v1/completions` stays vLLM's route."""
+        refuse_unchecked_routes(app)
+        app.add_middleware(BodyLimit)
 
-    async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
+    async def init_state(
+        self, engine_client: Any | None, state: Any, args: Namespace
+    ) -> None:
         serving = getattr(state, "openai_serving_completion", None)
         if serving is not None:
             state.openai_serving_completion = with_events(serving)
+        pooling = getattr(state, "serving_pooling", None)
+        if pooling is not None and _is_ranking(state):
+            state.serving_pooling = RankingRequestsOnly(pooling)
+
+
+def _is_ranking(state: Any) -> bool:
+    config = getattr(state, "vllm_config", None)
+    architectures = config.model_config.hf_config.architectures if config else []
+    return "MTGRForRanking" in (architectures or [])

@@ -29,6 +29,7 @@ from vllm.plugins.io_processors.interface import IOProcessor
 from vllm_mtgr.errors import RequestError
 from vllm_mtgr.ranking_multimodal import MODALITY
 from vllm_mtgr.ranking_request import RankingRequest, parse_ranking_request, token_ids
+from vllm_mtgr.serving.limits import max_users_per_request
 
 PLUGIN_NAME = "mtgr_ranking"
 
@@ -42,12 +43,30 @@ class RankingIOProcessor(IOProcessor):
     def __init__(self, vllm_config: Any, renderer: Any) -> None:
         super().__init__(vllm_config, renderer)
         self.config = vllm_config.model_config.hf_config
+        self.max_users = max_users_per_request()
 
     def parse_data(self, data: object) -> list[RankingRequest]:
         batch = data if isinstance(data, list) else [data]
         if not batch:
             raise RequestError("`data` holds no ranking request", "data")
-        return [parse_ranking_request(raw, self.config) for raw in batch]
+        if len(batch) > self.max_users:
+            raise RequestError(
+                f"`data` holds {len(batch)} users, above this server's limit of "
+                f"{self.max_users} per request (`vllm-mtgr serve "
+                "--max-users-per-request`); split the request",
+                "data",
+            )
+        if not isinstance(data, list):
+            return [parse_ranking_request(data, self.config)]
+        requests = []
+        for i, raw in enumerate(data):
+            try:
+                requests.append(parse_ranking_request(raw, self.config))
+            except RequestError as error:
+                # Name the user, so a client can drop or fix just that one.
+                field = f"data[{i}].{error.parameter}" if error.parameter else None
+                raise RequestError(f"data[{i}]: {error.args[0]}", field) from None
+        return requests
 
     def merge_pooling_params(self, params: PoolingParams | None = None):
         params = params or PoolingParams()
