@@ -362,6 +362,28 @@ def returning_speed() -> list[dict]:
     return rows
 
 
+def head_size_cost(matmul_tflops: float) -> list[dict]:
+    """What a head size that is not a power of two costs: the kernels pad
+    dqk and dv to the next power of two (at least 16), so Meta's HSTU-large
+    (2 x 25) computes as 2 x 32. Useful FLOPs count the real dims."""
+    rows = []
+    for length in (256, 2048):
+        for heads, dqk, dv in ((2, 25, 25), (2, 32, 32), (2, 24, 32), (1, 50, 50),
+                               (1, 64, 64), (3, 7, 13)):  # fmt: skip
+            lengths = [length] * BATCH
+            case = make_case(
+                lengths, lengths, heads=heads, dqk=dqk, dv=dv, block_size=PAGE,
+                dtype=torch.bfloat16, device="cuda", with_expected=False,
+            )  # fmt: skip
+            ms = bench(Prefill(case))
+            del case
+            tflops = 2 * heads * (dqk + dv) * _causal_pairs(lengths) / ms / 1e9
+            rows.append(dict(length=length, batch=BATCH, heads=heads, dqk=dqk,
+                             dv=dv, ms=ms, useful_tflops=tflops,
+                             pct_matmul=100 * tflops / matmul_tflops))  # fmt: skip
+    return rows
+
+
 PREFILL_CONFIGS = [(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 2),
                    (64, 64, 4, 3), (64, 32, 4, 3), (128, 32, 8, 2)]  # fmt: skip
 
@@ -426,7 +448,15 @@ def header() -> str:
     )
 
 
-SECTIONS = ("correctness", "prefill", "decode", "splits", "returning", "sweep")
+SECTIONS = (
+    "correctness",
+    "prefill",
+    "decode",
+    "splits",
+    "returning",
+    "head_sizes",
+    "sweep",
+)
 
 
 def main() -> None:
@@ -485,6 +515,13 @@ def main() -> None:
         parts.append(
             "## Returning user: new events over a cached history, bf16"
             "\n\n" + _table(results["returning"])
+        )
+        print(parts[-1], flush=True)
+    if "head_sizes" in sections:
+        results["head_sizes"] = head_size_cost(limits["matmul_tflops"])
+        parts.append(
+            "## Head sizes that are not powers of two (prefill, bf16, causal)"
+            "\n\n" + _table(results["head_sizes"])
         )
         print(parts[-1], flush=True)
     if "sweep" in sections:

@@ -5,7 +5,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=$1
-sections=${2:-correctness,prefill,decode,splits,returning,sweep}
+sections=${2:-correctness,prefill,decode,splits,returning,head_sizes}
 python3 -m pip install -q --no-deps --no-build-isolation --no-index --upgrade \
     --target /tmp/mtgr-site "$root" 2>&1 | grep -v "already exists" || true
 export PYTHONPATH=/tmp/mtgr-site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
