@@ -21,8 +21,14 @@ from collections.abc import Mapping
 from itertools import chain
 
 import numpy as np
-import pybase64
 import torch
+
+try:
+    # About 5x the standard library's speed on megabyte fields; vLLM 0.32
+    # depends on it, vLLM 0.26's GPU host does not have it.
+    import pybase64 as base64
+except ImportError:
+    import base64
 
 from vllm_mtgr.errors import RequestError
 
@@ -62,7 +68,7 @@ def _from_binary(field: str, value: Mapping, dtypes: Mapping[str, np.dtype]):
     if not isinstance(data, str):
         raise RequestError(f"`{field}.data` must be a base64 string", field)
     try:
-        raw = pybase64.b64decode(data, validate=True)
+        raw = base64.b64decode(data, validate=True)
     except ValueError as error:
         raise RequestError(
             f"`{field}.data` is not valid base64: {error}", field
@@ -218,12 +224,12 @@ def encode_array(array: np.ndarray | torch.Tensor) -> dict[str, object]:
             return {
                 "dtype": "bfloat16",
                 "shape": list(array.shape),
-                "data": pybase64.b64encode(bits.tobytes()).decode(),
+                "data": base64.b64encode(bits.tobytes()).decode(),
             }
         array = array.numpy()
     little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
     return {
         "dtype": str(array.dtype),
         "shape": list(array.shape),
-        "data": pybase64.b64encode(little.tobytes()).decode(),
+        "data": base64.b64encode(little.tobytes()).decode(),
     }

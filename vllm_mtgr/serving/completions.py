@@ -204,7 +204,12 @@ def check_room_for_items(engine_inputs: list[Any], max_model_len: int) -> None:
     """A history of max_model_len items leaves no position for a
     recommendation; vLLM would say "max_tokens must be at least 1, got 0"."""
     for i, engine_input in enumerate(engine_inputs):
-        token_ids = engine_input.get("prompt_token_ids") or ()
+        # A dict in vLLM 0.32, an object in older renderers.
+        token_ids = (
+            engine_input.get("prompt_token_ids")
+            if isinstance(engine_input, dict)
+            else getattr(engine_input, "prompt_token_ids", None)
+        ) or ()
         if len(token_ids) >= max_model_len:
             which = f"history {i}" if len(engine_inputs) > 1 else "the history"
             raise RequestError(

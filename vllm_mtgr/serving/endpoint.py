@@ -14,11 +14,7 @@ from argparse import Namespace
 from typing import Any
 
 from vllm_mtgr.serving.completions import with_events
-from vllm_mtgr.serving.guards import (
-    BodyLimit,
-    RankingRequestsOnly,
-    refuse_unchecked_routes,
-)
+from vllm_mtgr.serving.guards import RankingRequestsOnly, RequestGuard
 
 
 class MTGREndpointPlugin:
@@ -27,8 +23,7 @@ class MTGREndpointPlugin:
     required_tasks = None
 
     def attach_router(self, app: Any) -> None:
-        refuse_unchecked_routes(app)
-        app.add_middleware(BodyLimit)
+        app.add_middleware(RequestGuard)
 
     async def init_state(
         self, engine_client: Any | None, state: Any, args: Namespace

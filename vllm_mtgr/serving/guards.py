@@ -5,7 +5,8 @@ checks, and request bodies too large to be a real request.
   requests: `/inference/v1/generate` accepts multimodal data as sent, so a
   request with a user's real items and hashes but false times would store
   wrong state under that user's cache identity; the `/render` routes render
-  without events (vLLM 0.32 drops `timestamps`). They are refused here.
+  without events (vLLM 0.32 drops `timestamps`, vLLM 0.26 serves them
+  without `--enable-scale-out`). They are refused here.
 * A body above the limit is refused before it is parsed (HTTP 413), so one
   client cannot hold the event loop with a 10 MB prompt.
 """
@@ -40,27 +41,21 @@ def error_body(message: str, status: HTTPStatus, param: str | None = None) -> di
     }
 
 
-def refuse_unchecked_routes(app: Any) -> None:
-    """Replace the routes that bypass event validation with a 400."""
-
-    async def refused() -> JSONResponse:
-        message = (
-            "this route takes pre-rendered requests whose events vllm-mtgr "
-            "cannot check; MTGR models are served on /v1/completions "
-            "(retrieval) and /pooling (ranking)"
-        )
-        status = HTTPStatus.BAD_REQUEST
-        return JSONResponse(error_body(message, status), status_code=status)
-
-    for path in REFUSED_ROUTES:
-        app.add_api_route(path, refused, methods=["POST"], include_in_schema=False)
+UNCHECKED_ROUTE_MESSAGE = (
+    "this route takes pre-rendered requests whose events vllm-mtgr cannot "
+    "check; MTGR models are served on /v1/completions (retrieval) and "
+    "/pooling (ranking)"
+)
 
 
-class BodyLimit:
-    """ASGI middleware: a request body above its route's limit gets HTTP 413.
+class RequestGuard:
+    """ASGI middleware, before vLLM's routing (which differs between vLLM
+    versions in whether a plugin's route replaces a built-in one):
 
-    The body is read here (counting, so a chunked upload without
-    Content-Length is cut off too) and replayed to the application.
+    * the routes in REFUSED_ROUTES get HTTP 400;
+    * a request body above its route's limit gets HTTP 413. The body is read
+      here (counting, so a chunked upload without Content-Length is cut off
+      too) and replayed to the application.
     """
 
     def __init__(self, app: Any) -> None:
@@ -79,6 +74,11 @@ class BodyLimit:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
+            return
+        if scope["path"] in REFUSED_ROUTES:
+            status = HTTPStatus.BAD_REQUEST
+            body = error_body(UNCHECKED_ROUTE_MESSAGE, status)
+            await JSONResponse(body, status_code=status)(scope, receive, send)
             return
         limit = self._limit(scope)
         declared = dict(scope["headers"]).get(b"content-length")
