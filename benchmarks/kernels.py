@@ -448,26 +448,55 @@ def header() -> str:
     )
 
 
-SECTIONS = (
-    "correctness",
-    "prefill",
-    "decode",
-    "splits",
-    "returning",
-    "head_sizes",
-    "sweep",
-)
+# name on the command line: (JSON key, runner of the measured ceilings,
+# markdown title, table columns or None for all). JSON keys stay as they are.
+SECTIONS = {
+    "correctness": (
+        "correctness", lambda limits: correctness(),
+        "Correctness (relative error vs float32 PyTorch)",
+        ["case", "dtype", "rel_error", "unwritten", "ok", "seed"],
+    ),
+    "prefill": (
+        "prefill", lambda limits: prefill_speed(limits["matmul_tflops"]),
+        f"Prefill, bf16, head dim {HEAD_DIM}, KV blocks of {PAGE}",
+        ["shape", "heads", "batch", "ms", "tflops", "pct_matmul", "fa3_tflops",
+         "fa3_ratio", "history_ms", "candidates_ms", "candidates_tflops"],
+    ),
+    "decode": (
+        "decode", lambda limits: decode_speed(limits["copy_tbps"]),
+        f"Decode, bf16, 16 heads x {HEAD_DIM}",
+        ["kernel", "batch", "length", "ms", "tbps", "pct_copy", "read_tbps",
+         "read_pct_copy"],
+    ),
+    "splits": (
+        "decode_splits", lambda limits: decode_splits(limits["copy_tbps"]),
+        "Decode key splits: ms per split count, and the heuristic's choice", None,
+    ),
+    "returning": (
+        "returning", lambda limits: returning_speed(),
+        "Returning user: new events over a cached history, bf16", None,
+    ),
+    "head_sizes": (
+        "head_sizes", lambda limits: head_size_cost(limits["matmul_tflops"]),
+        "Head sizes that are not powers of two (prefill, bf16, causal)", None,
+    ),
+    "sweep": ("sweep", lambda limits: sweep(), "Tile configurations", None),
+}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    names = list(SECTIONS)
     parser.add_argument(
-        "--sections", default=",".join(SECTIONS[:-1]),
-        help=f"comma-separated, of {', '.join(SECTIONS)}",
+        "--sections", default=",".join(names[:-1]),
+        help=f"comma-separated, of {', '.join(names)}",
     )  # fmt: skip
     args = parser.parse_args()
     sections = args.sections.split(",")
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {names}")
     device = torch.cuda.get_device_name()
     stem = f"kernels-{device.replace(' ', '_')}-{time.strftime('%Y%m%d')}"
     if sections == ["sweep"]:
@@ -480,53 +509,11 @@ def main() -> None:
         f"Ceilings: bf16 matmul {limits['matmul_tflops']:.0f} TFLOP/s, "
         f"device copy {limits['copy_tbps']:.2f} TB/s (read + write).",
     ]
-    if "correctness" in sections:
-        results["correctness"] = correctness()
-        parts.append("## Correctness (relative error vs float32 PyTorch)\n\n"
-                     + _table(results["correctness"],
-                              ["case", "dtype", "rel_error", "unwritten", "ok",
-                               "seed"]))  # fmt: skip
-        print(parts[-1], flush=True)
-    if "prefill" in sections:
-        results["prefill"] = prefill_speed(limits["matmul_tflops"])
-        parts.append(
-            f"## Prefill, bf16, head dim {HEAD_DIM}, KV blocks of {PAGE}\n\n"
-            + _table(results["prefill"],
-                     ["shape", "heads", "batch", "ms", "tflops", "pct_matmul",
-                      "fa3_tflops", "fa3_ratio", "history_ms", "candidates_ms",
-                      "candidates_tflops"]))  # fmt: skip
-        print(parts[-1], flush=True)
-    if "decode" in sections:
-        results["decode"] = decode_speed(limits["copy_tbps"])
-        parts.append(f"## Decode, bf16, 16 heads x {HEAD_DIM}\n\n"
-                     + _table(results["decode"],
-                              ["kernel", "batch", "length", "ms", "tbps",
-                               "pct_copy", "read_tbps", "read_pct_copy"]))  # fmt: skip
-        print(parts[-1], flush=True)
-    if "splits" in sections:
-        results["decode_splits"] = decode_splits(limits["copy_tbps"])
-        parts.append(
-            "## Decode key splits: ms per split count, and the "
-            "heuristic's choice\n\n" + _table(results["decode_splits"])
-        )
-        print(parts[-1], flush=True)
-    if "returning" in sections:
-        results["returning"] = returning_speed()
-        parts.append(
-            "## Returning user: new events over a cached history, bf16"
-            "\n\n" + _table(results["returning"])
-        )
-        print(parts[-1], flush=True)
-    if "head_sizes" in sections:
-        results["head_sizes"] = head_size_cost(limits["matmul_tflops"])
-        parts.append(
-            "## Head sizes that are not powers of two (prefill, bf16, causal)"
-            "\n\n" + _table(results["head_sizes"])
-        )
-        print(parts[-1], flush=True)
-    if "sweep" in sections:
-        results["sweep"] = sweep()
-        parts.append("## Tile configurations\n\n" + _table(results["sweep"]))
+    for name, (key, run, title, columns) in SECTIONS.items():
+        if name not in sections:
+            continue
+        results[key] = run(limits)
+        parts.append(f"## {title}\n\n" + _table(results[key], columns))
         print(parts[-1], flush=True)
     report = "\n\n".join(parts)
     (args.out / f"{stem}.md").write_text(report + "\n")
