@@ -74,3 +74,27 @@ def assert_matches_oracle(
         assert torch.equal(torch.isfinite(got), finite), f"step {step}: masks differ"
         error = float((got[finite] - want[finite]).norm() / want[finite].norm())
         assert error < tolerance, f"step {step}: relative error {error:.2e}"
+
+
+def check_top_logprobs(
+    reference: HSTUReference,
+    history: list[int],
+    generated: list[int],
+    step: int,
+    top: dict[str, float],
+    timestamps: list[int] | None,
+    request_timestamp: int | None,
+    exclude_seen: bool = True,
+) -> None:
+    """A served step's top log-probabilities (`{"item_<id>": logprob}`, as
+    the completions API returns them) equal the oracle's log-softmax."""
+    vocab_size = reference._embedding_module._item_emb.num_embeddings + 1
+    logits = oracle_logits(
+        reference, history, generated, timestamps, request_timestamp,
+        exclude_seen, vocab_size,
+    )[step]  # fmt: skip
+    want = torch.log_softmax(logits, dim=-1).topk(len(top))
+    assert list(top) == [f"item_{i}" for i in want.indices.tolist()]
+    got = torch.tensor(list(top.values()), dtype=torch.float64)
+    error = float((got - want.values).norm() / want.values.norm())
+    assert error < TOLERANCE, f"step {step}: relative error {error:.2e}"

@@ -56,13 +56,13 @@ class RankingIOProcessor(IOProcessor):
                 "--max-users-per-request`); split the request",
                 "data",
             )
-        if not isinstance(data, list):
-            return [parse_ranking_request(data, self.config)]
         requests = []
-        for i, raw in enumerate(data):
+        for i, raw in enumerate(batch):
             try:
                 requests.append(parse_ranking_request(raw, self.config))
             except RequestError as error:
+                if not isinstance(data, list):
+                    raise
                 # Name the user, so a client can drop or fix just that one.
                 field = f"data[{i}].{error.parameter}" if error.parameter else None
                 raise RequestError(f"data[{i}]: {error.args[0]}", field) from None
