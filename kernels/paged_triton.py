@@ -559,10 +559,14 @@ def _block(d: int) -> int:
 
 def _prefill_blocks(dqk: int, dv: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the prefill and
-    candidate kernels; `benchmarks/kernels.py --sweep` measures others."""
+    candidate kernels: the best of the H200 sweep (`benchmarks/kernels.py
+    --sections sweep`, `benchmarks/results/h200-20261202`) at 32 x 4096 and
+    at the DLRMv3 candidates, within 2% of the best at each; 128-row tiles
+    of 8 warps were 10% slower (both spill registers; one warpgroup spills
+    less)."""
     if max(dqk, dv) > 128:
         return 64, 32, 4, 2
-    return 128, 64, 8, 2
+    return 64, 64, 4, 2
 
 
 DECODE_CONFIG = (64, 4, 2)  # BLOCK_N, warps, stages
