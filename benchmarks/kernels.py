@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 import triton
+from report import markdown_table
 from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -422,18 +423,6 @@ def sweep() -> list[dict]:
     return rows
 
 
-def _table(rows: list[dict], columns: list[str] | None = None) -> str:
-    columns = columns or list(rows[0])
-
-    def cell(value):
-        return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |"
-              for r in rows]  # fmt: skip
-    return "\n".join(lines)
-
-
 def header() -> str:
     try:
         import vllm
@@ -513,7 +502,7 @@ def main() -> None:
         if name not in sections:
             continue
         results[key] = run(limits)
-        parts.append(f"## {title}\n\n" + _table(results[key], columns))
+        parts.append(f"## {title}\n\n" + markdown_table(results[key], columns))
         print(parts[-1], flush=True)
     report = "\n\n".join(parts)
     (args.out / f"{stem}.md").write_text(report + "\n")

@@ -49,6 +49,8 @@ import torch
 # This folder holds kernels.py, which would shadow the `kernels` package that
 # vLLM tries to import for some models (the Llama): keep it off the path.
 HERE = Path(__file__).resolve().parent
+from report import markdown_table  # noqa: E402  (before HERE leaves the path)
+
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 CAPTURE_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
@@ -714,15 +716,6 @@ def section_main(args: argparse.Namespace) -> None:
     Path(args.result).write_text(json.dumps(out))
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
-    def cell(value) -> str:
-        return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def header() -> str:
     import vllm
 
@@ -804,7 +797,7 @@ def run(work: Workload, models: dict, skip: list[str]) -> tuple[list[str], dict]
             f"{work.top_k}), decode ({work.decode_users} users x "
             f"{work.decode_steps} next items), returning user ({work.history} "
             f"cached + {work.new_events} new; alone, and {work.load_users} users "
-            f"at once)\n\n" + _table(rows, list(rows[0]))
+            f"at once)\n\n" + markdown_table(rows, list(rows[0]))
         )
         rows = [
             {"model": names[m], "rate /s": float(rate), **row}
@@ -813,7 +806,7 @@ def run(work: Workload, models: dict, skip: list[str]) -> tuple[list[str], dict]
         ]
         report.append(
             "## Latency under Poisson arrivals (rates: fractions of the HSTU "
-            "model's saturated requests/s)\n\n" + _table(rows, list(rows[0]))
+            "model's saturated requests/s)\n\n" + markdown_table(rows, list(rows[0]))
         )
     if "peer" not in skip:
         peer = [
@@ -825,7 +818,7 @@ def run(work: Workload, models: dict, skip: list[str]) -> tuple[list[str], dict]
             f"({work.peer_history} history + {work.peer_candidates} candidates), "
             f"`{work.ranking_preset}`, offline API; Meta's DLRMv3: {PEER_MS} ms "
             f"per forward, {PEER_TOKENS_PER_S / 1e6:.1f} M tokens/s\n\n"
-            + _table(peer, list(peer[0]))
+            + markdown_table(peer, list(peer[0]))
         )
     if "peer-server" not in skip:
         server = run_section("peer-server", work, models)
@@ -833,7 +826,7 @@ def run(work: Workload, models: dict, skip: list[str]) -> tuple[list[str], dict]
         report.append(
             "## The same users through `/pooling`: one user per request, typed "
             f"binary fields, {work.peer_users} concurrent clients\n\n"
-            + _table([server], list(server))
+            + markdown_table([server], list(server))
         )
     if "recsys" not in skip:
         recsys = run_section("recsys", work, models)
@@ -842,7 +835,7 @@ def run(work: Workload, models: dict, skip: list[str]) -> tuple[list[str], dict]
             f"## Returning user, recsys-examples' shape (`{work.recsys_preset}`): "
             f"{work.recsys_users} users, {work.recsys_cached} cached + "
             f"{work.recsys_new} new events, {work.recsys_candidates} candidates"
-            "\n\n" + _table([recsys], list(recsys))
+            "\n\n" + markdown_table([recsys], list(recsys))
         )
     return report, raw
 
