@@ -19,3 +19,13 @@ if ! .venv/bin/python -m pip install -q -e ".[test,examples]" >"$log" 2>&1; then
     exit 1
 fi
 rm -f "$log"
+# The scoring head's Triton Inference Server (PyTriton, which pins numpy < 2
+# and so cannot share vLLM's environment): .venv-triton, beside .venv.
+if [ ! -x .venv-triton/bin/python ]; then
+    python3 -m venv .venv-triton
+fi
+if ! .venv-triton/bin/python -c "import pytriton, onnxruntime, vllm_mtgr" 2>/dev/null; then
+    .venv-triton/bin/python -m pip install -q -U pip
+    .venv-triton/bin/python -m pip install -q "nvidia-pytriton==0.7.0" onnxruntime
+    .venv-triton/bin/python -m pip install -q --no-deps -e . >/dev/null 2>&1
+fi

@@ -36,6 +36,8 @@ def test_wheel_installs_everything_under_vllm_mtgr(tmp_path):
         "vllm_mtgr/converters/meta_hstu.py",
         "vllm_mtgr/trt/onnx_export.py",
         "vllm_mtgr/trt/tensorrt_engine.py",
+        "vllm_mtgr/trt/triton_server.py",
+        "vllm_mtgr/trt/names.py",
     ]:
         assert module in names, module
     assert not any(n.split("/")[0] in {"kernels", "converters", "trt"} for n in names)

@@ -2,6 +2,8 @@
 
 `onnx_export` (verified with ONNX Runtime), `tensorrt_engine` (TensorRT 10
 Python API: fp16 and int8 with a calibration cache), `triton_repository`
-(a model repository with dynamic batching). TensorRT itself cannot be
-installed on this project's machines; see the README for what ran where.
+(a model repository with dynamic batching), `triton_server` (that
+repository's ONNX head served by a real Triton Inference Server, PyTriton's).
+TensorRT itself cannot be installed on this project's machines; see the
+README for what ran where.
 """

@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from vllm_mtgr.config import MTGRConfig
 from vllm_mtgr.scoring_head import ScoringHead
 
+from .names import INPUT, OUTPUT
+
 OPSET = 17
-INPUT = "candidates"
-OUTPUT = "scores"
 
 
 def load_scoring_head(model_dir: str | Path) -> ScoringHead:

@@ -13,9 +13,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .onnx_export import INPUT, OUTPUT
+from .names import INPUT, MODEL_NAME, OUTPUT
 
-MODEL_NAME = "mtgr_scoring_head"
 PLATFORMS = {".plan": "tensorrt_plan", ".onnx": "onnxruntime_onnx"}
 
 CONFIG = """name: "{name}"

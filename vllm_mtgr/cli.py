@@ -85,6 +85,18 @@ def _export_head(args: argparse.Namespace) -> None:
         len(config.task_names),
     )
     print(f"wrote {model_file} and {repository}")
+    if args.serve:
+        _serve_head(args, repository.parent)
+
+
+def _serve_head(args: argparse.Namespace, repository: Path) -> None:
+    """Become the Triton server (exec: signals reach it, no parent waits)."""
+    python = str(args.serve_python or sys.executable)
+    command = [python, "-m", "vllm_mtgr.trt.triton_server", str(repository)]
+    for option in ("http_port", "grpc_port", "metrics_port", "device"):
+        command += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
+    sys.stdout.flush()
+    os.execv(python, command)
 
 
 def plugin_allowlist(current: str | None) -> str:
@@ -184,6 +196,20 @@ def main(argv: list[str] | None = None) -> None:
         "--calibration-cache",
         type=Path,
         help="int8: the calibration cache, read if present, else written",
+    )
+    export.add_argument(
+        "--serve",
+        action="store_true",
+        help="then serve the ONNX head in a Triton Inference Server (PyTriton's)",
+    )
+    export.add_argument("--http-port", type=int, default=8000)
+    export.add_argument("--grpc-port", type=int, default=8001)
+    export.add_argument("--metrics-port", type=int, default=8002)
+    export.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    export.add_argument(
+        "--serve-python",
+        type=Path,
+        help="the Python that has nvidia-pytriton (default: this one)",
     )
     export.add_argument(
         "--calibration-data",
