@@ -562,8 +562,8 @@ def _prefill_blocks(dqk: int, dv: int) -> tuple[int, int, int, int]:
     candidate kernels: the best of the H200 sweep (`benchmarks/kernels.py
     --sections sweep`, `benchmarks/results/h200-20261202`) at 32 x 4096 and
     at the DLRMv3 candidates, within 2% of the best at each; 128-row tiles
-    of 8 warps were 10% slower (both spill registers; one warpgroup spills
-    less)."""
+    of 8 warps were 10% slower. Both spill registers (ptxas for sm_90:
+    a 1056-byte stack here, 760 there), so spill bytes do not rank them."""
     if max(dqk, dv) > 128:
         return 64, 32, 4, 2
     return 64, 64, 4, 2
