@@ -90,6 +90,11 @@ def retrieval_cases(model: str) -> list[Case]:
             actions=[0, 1]),
         bad("exclude_seen maybe", 400, "exclude_seen", "true or false",
             exclude_seen="maybe"),
+        # One rule on both routes (vllm_xargs once took "false" and "True").
+        bad("exclude_seen a string", 400, "exclude_seen", "true or false",
+            exclude_seen="false"),
+        bad("exclude_seen string in vllm_xargs", 400, "vllm_xargs.exclude_seen",
+            "true or false", vllm_xargs={"exclude_seen": "false"}),
         bad("misspelled timestamps", 400, "timestamp", "`timestamps`?",
             timestamp=[1, 2]),
         bad("events object", 400, "events", "unknown", events={"timestamps": [1]}),

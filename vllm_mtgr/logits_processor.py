@@ -8,6 +8,8 @@ and the items generated so far, so a multi-step completion never repeats one.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 from vllm import SamplingParams
@@ -18,17 +20,20 @@ from vllm_mtgr import compat
 from vllm_mtgr.errors import RequestError
 
 EXCLUDE_SEEN = "exclude_seen"
-_TRUE = (True, 1, "1", "true", "True")
-_FALSE = (False, 0, "0", "false", "False")
+
+
+def parse_exclude_seen(value: object, field: str = EXCLUDE_SEEN) -> bool:
+    """The one rule for `exclude_seen`, on every route: a boolean, or the
+    integer 1 or 0 (`vllm_xargs` carries no booleans over HTTP). Strings
+    such as "false" are refused, not read as true."""
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    raise RequestError(f"`{field}` must be true or false (or 1 / 0), got {value!r}",
+                       field)  # fmt: skip
 
 
 def exclude_seen_requested(params: SamplingParams) -> bool:
-    value = (params.extra_args or {}).get(EXCLUDE_SEEN, True)
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(f"`{EXCLUDE_SEEN}` must be true or false, got {value!r}")
+    return parse_exclude_seen((params.extra_args or {}).get(EXCLUDE_SEEN, True))
 
 
 def refuse_engine_ending_seed(seed: int | None, temperature: float | None) -> None:

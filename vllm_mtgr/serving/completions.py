@@ -24,7 +24,11 @@ from typing import Any
 
 from vllm_mtgr.errors import RequestError
 from vllm_mtgr.events import MODALITY
-from vllm_mtgr.logits_processor import EXCLUDE_SEEN, refuse_engine_ending_seed
+from vllm_mtgr.logits_processor import (
+    EXCLUDE_SEEN,
+    parse_exclude_seen,
+    refuse_engine_ending_seed,
+)
 
 EVENT_FIELDS = ("timestamps", "actions", "request_timestamp")
 EXTRA_FIELDS = (*EVENT_FIELDS, EXCLUDE_SEEN)
@@ -97,12 +101,15 @@ def event_prompts(prompt: Any, extra: dict[str, Any]) -> list[dict[str, Any]] | 
 
 
 def _exclude_seen_into_xargs(request: Any, extra: dict[str, Any]) -> None:
+    """The top-level `exclude_seen` field, or the one in `vllm_xargs`, checked
+    here so that the 400 names its field (see `refuse_engine_ending_seed`)."""
+    xargs = request.vllm_xargs or {}
+    if EXCLUDE_SEEN in xargs:
+        parse_exclude_seen(xargs[EXCLUDE_SEEN], f"vllm_xargs.{EXCLUDE_SEEN}")
     value = extra.get(EXCLUDE_SEEN)
-    if value is None:
-        return
-    if not isinstance(value, bool):
-        raise RequestError(f"`{EXCLUDE_SEEN}` must be true or false", EXCLUDE_SEEN)
-    request.vllm_xargs = {**(request.vllm_xargs or {}), EXCLUDE_SEEN: int(value)}
+    if value is not None:
+        excluded = parse_exclude_seen(value)
+        request.vllm_xargs = {**xargs, EXCLUDE_SEEN: int(excluded)}
 
 
 def check_request(request: Any, extra: dict[str, Any], num_items: int) -> None:
