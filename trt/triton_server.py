@@ -34,12 +34,11 @@ class RepositoryError(ValueError):
     """The repository cannot be served here; the message names the file."""
 
 
-def read_model_config(model_dir: Path):
-    """`config.pbtxt` of `model_dir`, parsed by Triton's own message type."""
+def read_model_config(path: Path):
+    """A `config.pbtxt`, parsed by Triton's own message type."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    path = model_dir / "config.pbtxt"
     if not path.is_file():
         raise RepositoryError(f"{path}: missing (write it with vllm-mtgr export-head)")
     try:
@@ -121,8 +120,8 @@ def serve(
     )
 
     model_dir = Path(repository) / MODEL_NAME
-    config = read_model_config(model_dir)
     path = model_dir / "config.pbtxt"
+    config = read_model_config(path)
     model_file = model_dir / "1" / "model.onnx"
     if not model_file.is_file():
         raise RepositoryError(
