@@ -152,14 +152,18 @@ def correctness() -> list[dict]:
                 got = Prefill(case)()
                 rows.append(_check(f"{name} (page {page})", dtype, seed, got,
                                    case.expected))  # fmt: skip
-            seed = random.randrange(2**31)
-            case = make_candidate_case(
-                [1024, 333, 2000], [2048, 7, 300], heads=4, dqk=HEAD_DIM,
-                dv=HEAD_DIM, block_size=page, dtype=dtype, device="cuda",
-                generator=torch.Generator().manual_seed(seed),
-            )  # fmt: skip
-            rows.append(_check(f"candidates 1024+2048, ragged (page {page})", dtype,
-                               seed, Candidates(case)(), case.expected))  # fmt: skip
+            for timing, at_request_time in (("", False), (" at request time", True)):
+                seed = random.randrange(2**31)
+                case = make_candidate_case(
+                    [1024, 333, 2000], [2048, 7, 300], heads=4, dqk=HEAD_DIM,
+                    dv=HEAD_DIM, block_size=page, dtype=dtype, device="cuda",
+                    generator=torch.Generator().manual_seed(seed),
+                    at_request_time=at_request_time,
+                )  # fmt: skip
+                rows.append(_check(
+                    f"candidates 1024+2048, ragged{timing} (page {page})", dtype,
+                    seed, Candidates(case)(), case.expected,
+                ))  # fmt: skip
     for dim in (64, 256, 50):
         seed = random.randrange(2**31)
         case = make_case(
@@ -244,27 +248,31 @@ def prefill_speed(matmul_tflops: float) -> list[dict]:
         )  # fmt: skip
         history_ms = bench(Prefill(case))
         del case
-        case = make_candidate_case(
-            [history] * BATCH, [count] * BATCH, heads=heads, dqk=HEAD_DIM,
-            dv=HEAD_DIM, block_size=PAGE, dtype=torch.bfloat16, device="cuda",
-            with_expected=False,
-        )  # fmt: skip
-        limits = case.limits.long()
-        candidate_pairs = int((limits + 1).sum())
-        candidate_ms = bench(Candidates(case))
-        del case
-        pairs = BATCH * history * (history + 1) // 2 + candidate_pairs
-        ours = history_ms + candidate_ms
-        fa3 = _fa3_prefill([history + count] * BATCH, heads)
-        flops = 4 * heads * HEAD_DIM * pairs
-        fa3_flops = 4 * heads * HEAD_DIM * _causal_pairs([history + count] * BATCH)
-        rows.append(dict(shape=f"DLRMv3 {history} history + {count} candidates",
-                         heads=heads, batch=BATCH, ms=ours,
-                         tflops=flops / ours / 1e9, fa3_ms=fa3,
-                         fa3_tflops=fa3_flops / fa3 / 1e9,
-                         history_ms=history_ms, candidates_ms=candidate_ms,
-                         candidates_tflops=4 * heads * HEAD_DIM * candidate_pairs
-                         / candidate_ms / 1e9))  # fmt: skip
+        # Candidates whose limits fall anywhere in the history, and candidates
+        # scored at the request's time (all see the whole history: Meta's).
+        for timing, at_request_time in (("", False), (" at request time", True)):
+            case = make_candidate_case(
+                [history] * BATCH, [count] * BATCH, heads=heads, dqk=HEAD_DIM,
+                dv=HEAD_DIM, block_size=PAGE, dtype=torch.bfloat16, device="cuda",
+                with_expected=False, at_request_time=at_request_time,
+            )  # fmt: skip
+            limits = case.limits.long()
+            candidate_pairs = int((limits + 1).sum())
+            candidate_ms = bench(Candidates(case))
+            del case
+            pairs = BATCH * history * (history + 1) // 2 + candidate_pairs
+            ours = history_ms + candidate_ms
+            fa3 = _fa3_prefill([history + count] * BATCH, heads)
+            flops = 4 * heads * HEAD_DIM * pairs
+            fa3_flops = 4 * heads * HEAD_DIM * _causal_pairs([history + count] * BATCH)
+            rows.append(dict(
+                shape=f"DLRMv3 {history} history + {count} candidates{timing}",
+                heads=heads, batch=BATCH, ms=ours, tflops=flops / ours / 1e9,
+                fa3_ms=fa3, fa3_tflops=fa3_flops / fa3 / 1e9,
+                history_ms=history_ms, candidates_ms=candidate_ms,
+                candidates_tflops=4 * heads * HEAD_DIM * candidate_pairs
+                / candidate_ms / 1e9,
+            ))  # fmt: skip
     for row in rows:
         row["pct_matmul"] = 100 * row["tflops"] / matmul_tflops
         row["fa3_ratio"] = row["tflops"] / row["fa3_tflops"]
@@ -407,19 +415,23 @@ def sweep() -> list[dict]:
         rows.append(dict(kind="prefill 32 x 4096", config=config, ms=ms, tflops=rate))
     del case, run
     history, count = DLRMV3
-    case = make_candidate_case([history] * BATCH, [count] * BATCH, heads=4,
-                               dqk=HEAD_DIM, dv=HEAD_DIM, block_size=PAGE,
-                               dtype=torch.bfloat16, device="cuda",
-                               with_expected=False)  # fmt: skip
-    run = Candidates(case)
-    flops = 4 * 4 * HEAD_DIM * int((case.limits.long() + 1).sum())
-    for config in PREFILL_CONFIGS:
-        try:
-            ms = bench(run, config)
-            rate = flops / ms / 1e9
-        except Exception as error:
-            ms, rate = float("nan"), str(error)[:60]
-        rows.append(dict(kind="candidates DLRMv3", config=config, ms=ms, tflops=rate))
+    for timing, at_request_time in (("", False), (" at request time", True)):
+        case = make_candidate_case([history] * BATCH, [count] * BATCH, heads=4,
+                                   dqk=HEAD_DIM, dv=HEAD_DIM, block_size=PAGE,
+                                   dtype=torch.bfloat16, device="cuda",
+                                   with_expected=False,
+                                   at_request_time=at_request_time)  # fmt: skip
+        run = Candidates(case)
+        flops = 4 * 4 * HEAD_DIM * int((case.limits.long() + 1).sum())
+        for config in PREFILL_CONFIGS:
+            try:
+                ms = bench(run, config)
+                rate = flops / ms / 1e9
+            except Exception as error:
+                ms, rate = float("nan"), str(error)[:60]
+            rows.append(dict(kind=f"candidates DLRMv3{timing}", config=config,
+                             ms=ms, tflops=rate))  # fmt: skip
+        del case, run
     return rows
 
 

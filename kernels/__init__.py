@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .paged_torch import HSTUAttentionParams, kernel_bias_tables
+from .paged_torch import HSTUAttentionParams, KernelBiasTables, kernel_bias_tables
 
 
 def hstu_attention(
@@ -25,7 +25,7 @@ def hstu_attention(
     params: HSTUAttentionParams,
     output: torch.Tensor,
     max_query_len: int | None = None,
-    bias_tables: tuple[torch.Tensor, torch.Tensor] | None = None,
+    bias_tables: KernelBiasTables | None = None,
 ) -> None:
     """HSTU attention of each query token over its request's cached keys.
 
@@ -60,7 +60,7 @@ def candidate_attention(
     ts_w: torch.Tensor,
     params: HSTUAttentionParams,
     output: torch.Tensor,
-    bias_tables: tuple[torch.Tensor, torch.Tensor] | None = None,
+    bias_tables: KernelBiasTables | None = None,
 ) -> None:
     """Ranking candidates over their request's cached history and themselves.
 
@@ -111,6 +111,7 @@ def gated_layer_norm(
 
 __all__ = [
     "HSTUAttentionParams",
+    "KernelBiasTables",
     "candidate_attention",
     "gated_layer_norm",
     "kernel_bias_tables",

@@ -24,6 +24,7 @@ key is always at distance 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -82,24 +83,38 @@ def gather_request_kv(
 # The Triton kernels read a row's position bias for a whole key block past
 # the table's end (for keys they then mask): pad by more than a block.
 POSITION_PAD = 128
+# Rows of the position box: tiles of at most this many query rows read it.
+BOX_ROWS = 64
 
 
-def kernel_bias_tables(
-    pos_w: torch.Tensor, ts_w: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+class KernelBiasTables(NamedTuple):
     """The bias tables as the Triton kernels read them: float32 (no
     conversion per score) and halved, exactly (see `paged_triton._silu_half`;
     halving in the kernel would cost an instruction per score).
 
-    Position: four copies of the table, copy s shifted left by s entries and
-    padded with its last entry, so that any run of it starts 16-byte aligned
-    in one copy (see `paged_triton`). Time: the table itself.
+    `position`: four copies of the table, copy s shifted left by s entries
+    and padded with its last entry, so that any row's run starts 16-byte
+    aligned in one copy. `position_box`: `[x, i] = pos_w[x - i]` (clamped),
+    so that the bias of query rows at consecutive positions against a key
+    block, a Toeplitz tile, is one rectangle of it, which a TMA box loads
+    (see `paged_triton`). `time`: the time table.
     """
+
+    position: torch.Tensor
+    position_box: torch.Tensor
+    time: torch.Tensor
+
+
+def kernel_bias_tables(pos_w: torch.Tensor, ts_w: torch.Tensor) -> KernelBiasTables:
+    """`KernelBiasTables` of a layer's position and time tables."""
     half = 0.5 * pos_w.float()
+    last = half.numel() - 1
     length = -(-(half.numel() + POSITION_PAD) // 16) * 16
     index = torch.arange(4)[:, None] + torch.arange(length)[None, :]
-    copies = half[index.clamp(max=half.numel() - 1).to(half.device)]
-    return copies, 0.5 * ts_w.float()
+    copies = half[index.clamp(max=last).to(half.device)]
+    diagonal = torch.arange(length)[:, None] - torch.arange(BOX_ROWS)[None, :]
+    box = half[diagonal.clamp(0, last).to(half.device)]
+    return KernelBiasTables(copies, box, 0.5 * ts_w.float())
 
 
 def hstu_paged_attention(

@@ -28,13 +28,23 @@ Triton 3.6, no GPU needed; `benchmarks/results/h200-20261201/NOTES.md`):
   into the `tl.dot` accumulator (`_add_after_dot`): folded, the accumulator's
   initial value came from ordinary instructions inside the pipelined loop,
   and ptxas serialised every wgmma (warning C7515).
-* The relative-position bias of a tile is a plain 2-D load: query i's bias
-  for keys n0.. is `pos_w[N - 1 - i + n0 :]`, a contiguous run per row. The
-  layer keeps four copies of its table, shifted by 0..3 entries
-  (`paged_torch.kernel_bias_tables`), so every row's run starts 16-byte
-  aligned in one of them; Triton then pipelines the tile through shared
-  memory with 16-byte copies, like K and V, instead of one gather with 64-bit
-  address arithmetic per score.
+* The relative-position bias of query rows at consecutive positions (every
+  tile without candidates) against a key block is a Toeplitz tile: row i,
+  key n reads `pos_w[N - 1 - i + n]`. The layer keeps the table as a box
+  table `[x, i] = pos_w[x - i]` (`paged_torch.KernelBiasTables`), in which
+  that tile is one rectangle, loaded by one TMA box per key block (Hopper):
+  no address per score, nothing held in registers across the pipelined
+  loop. Per-row pointer tiles (still used for tiles with candidates, and
+  where there is no TMA) kept a `[BLOCK_M, BLOCK_N]` tensor of 64-bit
+  addresses live and made every variant spill (ptxas: 255 registers, a
+  700-1400 byte stack, against 48 bytes with the box). For those, the
+  table is kept as four copies shifted by 0..3 entries, so that every row's
+  run starts 16-byte aligned in one of them.
+* Ranking candidates scored at the request's time (one time, one key limit
+  per tile) share one bias row: the bias is computed once per key.
+* K, V and the key times of blocks whose keys are all real come by TMA
+  boxes, one page each (KV blocks a multiple of the key tile); Triton's
+  pipeliner did not overlap their pointer loads with a TMA box in the loop.
 * Times are exact float halves (`high * 65536`, `low`), so a time difference
   is three adds; a query's come from 1-D loads, so that every per-score
   computation stays in the MMA layout (from a 2-D load, the whole bias was
@@ -46,11 +56,21 @@ Triton 3.6, no GPU needed; `benchmarks/results/h200-20261201/NOTES.md`):
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .paged_torch import HSTUAttentionParams, kernel_bias_tables
+from vllm_mtgr.slots import TIME_SLOTS
+
+from .paged_torch import (
+    BOX_ROWS,
+    HSTUAttentionParams,
+    KernelBiasTables,
+    kernel_bias_tables,
+)
 
 LN2 = tl.constexpr(0.6931471805599453)
 # floor(x) as round(x - 0.5): adding 1.5 * 2^23 leaves round(x) in the low
@@ -67,21 +87,21 @@ SILU_HALF_F16X2 = tl.constexpr(
 
 
 @triton.jit
-def _key_times(ptrs, mask):
-    """Keys' times from their 4 byte slots at `ptrs` (`[keys]`): exact float
-    halves (high * 65536, low), t = high + low. One 2-D load per key block;
-    the halves then reach the MMA layout as two small vectors."""
-    i = tl.arange(0, 4)
-    raw = tl.load(ptrs[:, None] + i[None, :], mask=mask[:, None], other=0.0)
+def _times(raw):
+    """Keys' times from their byte slots `raw` (`[keys, >= 4]`, slots from the
+    fifth on ignored): exact float halves (high * 65536, low), t = high + low.
+    The halves then reach the MMA layout as two small vectors."""
+    i = tl.arange(0, raw.shape[1])
     weights = tl.where(i % 2 == 0, 1.0, 256.0)
     low = tl.sum(tl.where(i < 2, raw.to(tl.float32) * weights, 0.0), axis=1)
-    high = tl.sum(tl.where(i >= 2, raw.to(tl.float32) * weights, 0.0), axis=1)
+    high = tl.sum(tl.where((i >= 2) & (i < 4), raw.to(tl.float32) * weights, 0.0),
+                  axis=1)  # fmt: skip
     return high * 65536.0, low
 
 
 @triton.jit
 def _row_times(ptrs, mask):
-    """Queries' times, as `_key_times`, from 1-D loads (see the module doc)."""
+    """Queries' times, as `_times`, from 1-D loads (see the module doc)."""
     b0 = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
     b1 = tl.load(ptrs + 1, mask=mask, other=0.0).to(tl.float32)
     b2 = tl.load(ptrs + 2, mask=mask, other=0.0).to(tl.float32)
@@ -228,95 +248,149 @@ def _bias_rows(POSITION_COPIES, stride_copy, max_len, logical):
 
 @triton.jit
 def _key_block(
-    acc, q, high_q, low_q, bias_rows, pos_q, row_end, start, end, table, KV,
-    TS_W, stride_kvb, stride_kvh, stride_kvn, head, own_bias, divisor,
-    DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr,
+    acc, q, high_q, low_q, bias_at, pos_q, row_end, start, end, table, KV, BIAS_BOX,
+    K_BOX, V_BOX, T_BOX, TS_W, stride_kvb, stride_kvh, stride_kvn, head, own_bias,
+    divisor, DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr,
     BLOCK_DV: tl.constexpr, HS: tl.constexpr, PAGE: tl.constexpr,
     NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr, FAST: tl.constexpr,
-    BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, TOEPLITZ: tl.constexpr,
+    OWN_KEYS: tl.constexpr,
 ):  # fmt: skip
     """acc += silu(q.k + rab) @ v over the keys [start, start + BLOCK_N).
 
-    `bias_rows` points at each row's position bias for key 0 (`_bias_rows`);
+    The position bias: TOEPLITZ, one box of the position box table from its
+    row `bias_at + start` (rows at consecutive positions, `_position_box`); else
+    `bias_at` points at each row's bias for key 0 (`_bias_rows`). Rows may
+    come as one (`high_q`, `low_q`, `bias_at` of shape [1]) when all share
+    their time and position: the bias is then one row for the whole tile.
     `q` and the tables are halved (`_silu_half`). Unmasked: every key is
     below `end` and visible to every row. Masked: keys from `end` on load as
     zeros (they add nothing whatever their score); a row sees keys below its
-    `row_end` and its own key (position `pos_q`, at distance 0).
+    `row_end` and, with OWN_KEYS, its own key (position `pos_q`, distance 0;
+    rows at their own position see it anyway, candidates' are not cached).
     """
     d_qk = tl.arange(0, BLOCK_DQK)
     d_v = tl.arange(0, BLOCK_DV)
     c = tl.arange(0, BLOCK_N)
     n = start + c
-    if PAGE % BLOCK_N == 0:  # one page per key block
-        page = tl.load(table + start // PAGE).to(tl.int64)
-        rows = KV + page * stride_kvb + head * stride_kvh
-        rows += (start % PAGE + c) * stride_kvn
-    else:
-        page = tl.load(table + n // PAGE, mask=n < end, other=0).to(tl.int64)
-        rows = KV + page * stride_kvb + head * stride_kvh + (n % PAGE) * stride_kvn
-    key_mask = d_qk[None, :] < DQK
-    value_mask = d_v[None, :] < DV
     n_ok = n < end
-    if MASKED:
-        key_mask = key_mask & n_ok[:, None]
-        value_mask = value_mask & n_ok[:, None]
-    k = tl.load(rows[:, None] + d_qk[None, :], mask=key_mask, other=0.0)
-    v = tl.load(rows[:, None] + HS + d_v[None, :], mask=value_mask, other=0.0)
-    high_k, low_k = _key_times(rows + DQK, n_ok)
+    if K_BOX is not None and not MASKED:
+        # One page per key block, every key real: TMA boxes, pipelined.
+        at = [tl.load(table + start // PAGE), head, start % PAGE, 0]
+        k = K_BOX.load(at).reshape(BLOCK_N, BLOCK_DQK)
+        v = V_BOX.load(at).reshape(BLOCK_N, BLOCK_DV)
+        high_k, low_k = _times(T_BOX.load(at).reshape(BLOCK_N, 8))
+    else:
+        # Masked keys load as zeros: stale slots may hold anything, and a
+        # masked score times an infinite value would still be NaN.
+        if PAGE % BLOCK_N == 0:  # one page per key block
+            page = tl.load(table + start // PAGE).to(tl.int64)
+            rows = KV + page * stride_kvb + head * stride_kvh
+            rows += (start % PAGE + c) * stride_kvn
+        else:
+            page = tl.load(table + n // PAGE, mask=n_ok, other=0).to(tl.int64)
+            rows = KV + page * stride_kvb + head * stride_kvh
+            rows += (n % PAGE) * stride_kvn
+        key_mask = d_qk[None, :] < DQK
+        value_mask = d_v[None, :] < DV
+        if MASKED:
+            key_mask = key_mask & n_ok[:, None]
+            value_mask = value_mask & n_ok[:, None]
+        k = tl.load(rows[:, None] + d_qk[None, :], mask=key_mask, other=0.0)
+        v = tl.load(rows[:, None] + HS + d_v[None, :], mask=value_mask, other=0.0)
+        i = tl.arange(0, 4)
+        raw = tl.load(rows[:, None] + DQK + i[None, :], mask=n_ok[:, None], other=0.0)
+        high_k, low_k = _times(raw)
     a = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-    bias = tl.load(bias_rows[:, None] + n[None, :])
-    if MASKED:
+    if TOEPLITZ:
+        bias = tl.trans(BIAS_BOX.load([bias_at + start, 0]))
+    else:
+        bias = tl.load(bias_at[:, None] + n[None, :])
+    if MASKED and OWN_KEYS:
         own = n[None, :] == pos_q[:, None]
         bias = tl.where(own, own_bias, bias)
     rab = bias + _time_bias(high_q, low_q, high_k, low_k, TS_W, divisor,
                             NUM_BUCKETS, FAST)  # fmt: skip
+    rab = tl.broadcast_to(rab, a.shape)
     p = _silu_half(_add_after_dot(a, rab, FAST), v.dtype, FAST)
     if MASKED:
-        p = tl.where(own | (n[None, :] < row_end[:, None]), p, 0.0)
+        visible = n[None, :] < row_end[:, None]
+        if OWN_KEYS:
+            visible = visible | own
+        p = tl.where(visible, p, 0.0)
     return tl.dot(p, v, acc, input_precision=PRECISION)
 
 
 @triton.jit
 def _key_range(
-    acc, q, high_q, low_q, bias_rows, pos_q, row_end, lo, full_end, hi, key_end,
-    table,
-    KV, TS_W, stride_kvb, stride_kvh, stride_kvn, head, own_bias, divisor,
-    DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr,
+    acc, q, high_q, low_q, bias_at, pos_q, row_end, lo, full_end, hi, key_end, table,
+    KV, BIAS_BOX, K_BOX, V_BOX, T_BOX, TS_W, stride_kvb, stride_kvh, stride_kvn, head,
+    own_bias, divisor, DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr,
     BLOCK_DV: tl.constexpr, HS: tl.constexpr, PAGE: tl.constexpr,
     NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr, FAST: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK_N: tl.constexpr, TOEPLITZ: tl.constexpr, OWN_KEYS: tl.constexpr,
 ):  # fmt: skip
     """Keys [lo, hi): blocks before `full_end` unmasked, the rest masked,
     with keys from `key_end` on not loaded."""
     for start in range(lo, full_end, BLOCK_N):
         acc = _key_block(
-            acc, q, high_q, low_q, bias_rows, pos_q, row_end, start, full_end,
-            table, KV, TS_W, stride_kvb, stride_kvh, stride_kvn, head, own_bias,
-            divisor, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE, NUM_BUCKETS,
-            PRECISION, FAST, BLOCK_N, False,
+            acc, q, high_q, low_q, bias_at, pos_q, row_end, start, full_end, table, KV,
+            BIAS_BOX, K_BOX, V_BOX, T_BOX, TS_W, stride_kvb, stride_kvh, stride_kvn,
+            head, own_bias, divisor, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE,
+            NUM_BUCKETS, PRECISION, FAST, BLOCK_N, False, TOEPLITZ, OWN_KEYS,
         )  # fmt: skip
     for start in range(tl.maximum(lo, full_end), hi, BLOCK_N):
         acc = _key_block(
-            acc, q, high_q, low_q, bias_rows, pos_q, row_end, start, key_end, table,
-            KV, TS_W, stride_kvb, stride_kvh, stride_kvn, head, own_bias, divisor,
-            DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE, NUM_BUCKETS, PRECISION, FAST,
-            BLOCK_N, True,
+            acc, q, high_q, low_q, bias_at, pos_q, row_end, start, key_end, table, KV,
+            BIAS_BOX, K_BOX, V_BOX, T_BOX, TS_W, stride_kvb, stride_kvh, stride_kvn,
+            head, own_bias, divisor, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE,
+            NUM_BUCKETS, PRECISION, FAST, BLOCK_N, True, TOEPLITZ, OWN_KEYS,
+        )  # fmt: skip
+    return acc
+
+
+@triton.jit
+def _tile_keys(
+    acc, q, high_q, low_q, bias_at, pos_q, row_end, full_end, prefix_end, key_end,
+    diagonal, last_pos, table, KV, BIAS_BOX, K_BOX, V_BOX, T_BOX, TS_W, stride_kvb,
+    stride_kvh, stride_kvn, head, own_bias, divisor, DQK: tl.constexpr,
+    DV: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, HS: tl.constexpr,
+    PAGE: tl.constexpr, NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr,
+    FAST: tl.constexpr, BLOCK_N: tl.constexpr, TOEPLITZ: tl.constexpr,
+    OWN_KEYS: tl.constexpr,
+):  # fmt: skip
+    """A prefill tile's keys: each row's prefix (causal, bidirectional, or
+    before the candidates), then the tile's diagonal, for candidates' own
+    keys."""
+    acc = _key_range(
+        acc, q, high_q, low_q, bias_at, pos_q, row_end, 0, full_end, prefix_end,
+        key_end, table, KV, BIAS_BOX, K_BOX, V_BOX, T_BOX, TS_W, stride_kvb, stride_kvh,
+        stride_kvn, head, own_bias, divisor, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE,
+        NUM_BUCKETS, PRECISION, FAST, BLOCK_N, TOEPLITZ, OWN_KEYS,
+    )  # fmt: skip
+    for start in range(diagonal * BLOCK_N, last_pos + 1, BLOCK_N):
+        acc = _key_block(
+            acc, q, high_q, low_q, bias_at, pos_q, row_end, start, key_end, table, KV,
+            BIAS_BOX, K_BOX, V_BOX, T_BOX, TS_W, stride_kvb, stride_kvh, stride_kvn,
+            head, own_bias, divisor, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE,
+            NUM_BUCKETS, PRECISION, FAST, BLOCK_N, True, TOEPLITZ, OWN_KEYS,
         )  # fmt: skip
     return acc
 
 
 @triton.jit
 def _prefill_kernel(
-    Q, KV, OUT, BLOCK_TABLE, QUERY_START, SEQ_LENS, POSITION_COPIES, TS_W,
-    stride_qt, stride_qh, stride_kvb, stride_kvh, stride_kvn, stride_ot,
-    stride_oh, stride_bt, stride_copy, num_reqs, max_len, divisor,
-    inv_normalizer,
-    DQK: tl.constexpr, DV: tl.constexpr,
-    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, HS: tl.constexpr,
-    PAGE: tl.constexpr, NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr,
-    FAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    Q, KV, OUT, BLOCK_TABLE, QUERY_START, SEQ_LENS, POSITION_COPIES, BIAS_BOX, K_BOX,
+    V_BOX, T_BOX, TS_W, stride_qt, stride_qh, stride_kvb, stride_kvh, stride_kvn,
+    stride_ot, stride_oh, stride_bt, stride_copy, num_reqs, max_len, divisor,
+    inv_normalizer, DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr,
+    BLOCK_DV: tl.constexpr, HS: tl.constexpr, PAGE: tl.constexpr,
+    NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr, FAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """One tile of BLOCK_M query rows of one request and head."""
+    """One tile of BLOCK_M query rows of one request and head. With a
+    Toeplitz box (`BIAS_BOX`, Hopper), tiles without candidates take their
+    position bias from it."""
     head = tl.program_id(1)
     req, q_start, q_len, local = _tile(QUERY_START, tl.program_id(0), num_reqs,
                                        BLOCK_M)  # fmt: skip
@@ -338,10 +412,7 @@ def _prefill_kernel(
     # Keys j < row_end are visible (i + 1 when causal, else the key limit).
     row_end = tl.where(limit_q == 0, pos_q + 1, limit_q)
     logical = tl.where(m_ok, _logical_position(pos_q, limit_q), 0)
-    bias_rows = _bias_rows(POSITION_COPIES, stride_copy, max_len, logical)
 
-    # Keys: each row's prefix (causal, bidirectional, or before the
-    # candidates), then the tile's diagonal, for candidates' own keys.
     first_pos = seq_len - q_len + local * BLOCK_M
     last_pos = tl.minimum(first_pos + BLOCK_M, seq_len) - 1
     prefix_end = tl.minimum(tl.max(tl.where(m_ok, row_end, 0), axis=0), seq_len)
@@ -352,18 +423,28 @@ def _prefill_kernel(
     table = BLOCK_TABLE + req.to(tl.int64) * stride_bt
     own_bias = tl.load(POSITION_COPIES + max_len - 1)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    acc = _key_range(
-        acc, q, high_q, low_q, bias_rows, pos_q, row_end, 0, full_end, prefix_end,
-        key_end, table, KV, TS_W, stride_kvb, stride_kvh, stride_kvn, head,
-        own_bias, divisor, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE, NUM_BUCKETS,
-        PRECISION, FAST, BLOCK_N,
-    )  # fmt: skip
-    for start in range(diagonal * BLOCK_N, last_pos + 1, BLOCK_N):
-        acc = _key_block(
-            acc, q, high_q, low_q, bias_rows, pos_q, row_end, start, key_end,
-            table, KV, TS_W, stride_kvb, stride_kvh, stride_kvn, head, own_bias,
-            divisor, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE, NUM_BUCKETS,
-            PRECISION, FAST, BLOCK_N, True,
+    # Rows at consecutive positions (no candidate among them): their bias
+    # against a key block is one box of the position box table.
+    if BIAS_BOX is None:  # no box (not Hopper): every tile reads rows' runs
+        consecutive: tl.constexpr = False
+    else:
+        consecutive = tl.sum(tl.where(m_ok & (logical != pos_q), 1, 0), axis=0) == 0
+    if consecutive:
+        acc = _tile_keys(
+            acc, q, high_q, low_q, max_len - 1 - first_pos, pos_q, row_end, full_end,
+            prefix_end, key_end, diagonal, last_pos, table, KV, BIAS_BOX, K_BOX, V_BOX,
+            T_BOX, TS_W, stride_kvb, stride_kvh, stride_kvn, head, own_bias, divisor,
+            DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE, NUM_BUCKETS, PRECISION, FAST,
+            BLOCK_N, True, False,
+        )  # fmt: skip
+    else:
+        bias_rows = _bias_rows(POSITION_COPIES, stride_copy, max_len, logical)
+        acc = _tile_keys(
+            acc, q, high_q, low_q, bias_rows, pos_q, row_end, full_end, prefix_end,
+            key_end, diagonal, last_pos, table, KV, BIAS_BOX, K_BOX, V_BOX, T_BOX, TS_W,
+            stride_kvb, stride_kvh, stride_kvn, head, own_bias, divisor, DQK, DV,
+            BLOCK_DQK, BLOCK_DV, HS, PAGE, NUM_BUCKETS, PRECISION, FAST, BLOCK_N, False,
+            True,
         )  # fmt: skip
 
     d_v = tl.arange(0, BLOCK_DV)
@@ -374,7 +455,8 @@ def _prefill_kernel(
 
 @triton.jit
 def _decode_kernel(
-    Q, KV, PARTIAL, BLOCK_TABLE, SEQ_LENS, POSITION_COPIES, TS_W,
+    Q, KV, K_BOX, V_BOX, T_BOX, PARTIAL, BLOCK_TABLE, SEQ_LENS, POSITION_COPIES,
+    TS_W,
     stride_qt, stride_qh, stride_kvb, stride_kvh, stride_kvn,
     stride_ps, stride_pt, stride_ph, stride_bt, stride_copy,
     max_len, divisor, inv_normalizer,
@@ -414,9 +496,11 @@ def _decode_kernel(
     full_end = tl.minimum(end, tl.min(row_end, axis=0)) // BLOCK_N * BLOCK_N
     acc = _key_range(
         acc, q, high_q, low_q, bias_rows, pos_q, row_end, begin,
-        tl.maximum(begin, full_end), end, end, table, KV, TS_W, stride_kvb,
-        stride_kvh, stride_kvn, head, own_bias, divisor, DQK, DV, BLOCK_DQK,
-        BLOCK_DV, HS, PAGE, NUM_BUCKETS, PRECISION, FAST, BLOCK_N,
+        tl.maximum(begin, full_end), end, end, table, KV, None, K_BOX, V_BOX,
+        T_BOX, TS_W,
+        stride_kvb, stride_kvh, stride_kvn, head, own_bias, divisor, DQK, DV,
+        BLOCK_DQK, BLOCK_DV, HS, PAGE, NUM_BUCKETS, PRECISION, FAST, BLOCK_N,
+        False, True,
     )  # fmt: skip
     d_v = tl.arange(0, BLOCK_DV)
     out = PARTIAL + split * stride_ps + req.to(tl.int64) * stride_pt + head * stride_ph
@@ -425,8 +509,32 @@ def _decode_kernel(
 
 
 @triton.jit
+def _candidate_keys(
+    acc, q, when, bias_limit, limit, full_end, prefix_end, table, KV, K_BOX, V_BOX,
+    T_BOX, POSITION_COPIES, TS_W, stride_kvb, stride_kvh, stride_kvn, stride_copy, head,
+    max_len, own_bias, divisor, DQK: tl.constexpr, DV: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, HS: tl.constexpr,
+    PAGE: tl.constexpr, NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr,
+    FAST: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Candidates' cached keys, each row's time `when` and position-bias
+    limit `bias_limit` given per row or once for all (shape [1])."""
+    high_q = (when >> 16).to(tl.float32) * 65536.0
+    low_q = (when & 0xFFFF).to(tl.float32)
+    bias_rows = _bias_rows(POSITION_COPIES, stride_copy, max_len, bias_limit)
+    never = limit * 0 - 1  # own keys are not in the cache
+    return _key_range(
+        acc, q, high_q, low_q, bias_rows, never, limit, 0, full_end, prefix_end,
+        prefix_end, table, KV, None, K_BOX, V_BOX, T_BOX, TS_W, stride_kvb, stride_kvh,
+        stride_kvn, head, own_bias, divisor, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE,
+        NUM_BUCKETS, PRECISION, FAST, BLOCK_N, False, False,
+    )  # fmt: skip
+
+
+@triton.jit
 def _candidate_kernel(
-    Q, K, V, TIMES, LIMITS, KV, OUT, BLOCK_TABLE, CANDIDATE_START,
+    Q, K, V, TIMES, LIMITS, KV, K_BOX, V_BOX, T_BOX, OUT, BLOCK_TABLE,
+    CANDIDATE_START,
     POSITION_COPIES, TS_W,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_kvb, stride_kvh, stride_kvn, stride_ot, stride_oh, stride_bt,
@@ -437,7 +545,12 @@ def _candidate_kernel(
     FAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """BLOCK_M candidates of one request and one head: their request's cached
-    keys before each one's limit, then each one's own key (not cached)."""
+    keys before each one's limit, then each one's own key (not cached).
+
+    Candidates scored at the request's time (one time, one limit: the usual
+    case) share their bias row: a tile of them computes the bias once per
+    key, not once per score.
+    """
     head = tl.program_id(1)
     req, c_start, c_len, local = _tile(CANDIDATE_START, tl.program_id(0), num_reqs,
                                        BLOCK_M)  # fmt: skip
@@ -453,13 +566,10 @@ def _candidate_kernel(
     q = tl.load(Q + row[:, None] * stride_qt + head * stride_qh + d_qk[None, :],
                 mask=qk_mask, other=0.0) * 0.5  # fmt: skip
     when = tl.load(TIMES + row, mask=m_ok, other=0)
-    high_q = (when >> 16).to(tl.float32) * 65536.0
-    low_q = (when & 0xFFFF).to(tl.float32)
     limit = tl.load(LIMITS + row, mask=m_ok, other=0)
-    bias_rows = _bias_rows(POSITION_COPIES, stride_copy, max_len, limit)
-    never = tl.full([BLOCK_M], -1, tl.int32)  # own keys are not in the cache
     prefix_end = tl.max(limit, axis=0)
-    full_end = tl.min(tl.where(m_ok, limit, prefix_end), axis=0) // BLOCK_N * BLOCK_N
+    first_limit = tl.min(tl.where(m_ok, limit, prefix_end), axis=0)
+    full_end = first_limit // BLOCK_N * BLOCK_N
     table = BLOCK_TABLE + req.to(tl.int64) * stride_bt
     own_bias = tl.load(POSITION_COPIES + max_len - 1)
 
@@ -472,12 +582,23 @@ def _candidate_kernel(
     own = tl.sum(q.to(tl.float32) * k.to(tl.float32), axis=1)
     own = 2.0 * (own + own_bias + tl.load(TS_W))
     acc = (own * tl.sigmoid(own))[:, None] * v.to(tl.float32)
-    acc = _key_range(
-        acc, q, high_q, low_q, bias_rows, never, limit, 0, full_end, prefix_end,
-        prefix_end, table, KV, TS_W, stride_kvb, stride_kvh, stride_kvn, head,
-        own_bias, divisor, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE, NUM_BUCKETS,
-        PRECISION, FAST, BLOCK_N,
-    )  # fmt: skip
+    last_time = tl.max(when, axis=0)
+    first_time = tl.min(tl.where(m_ok, when, last_time), axis=0)
+    if (first_limit == prefix_end) & (first_time == last_time):
+        acc = _candidate_keys(
+            acc, q, tl.zeros([1], tl.int64) + first_time, tl.zeros([1],
+            tl.int32) + first_limit, limit, full_end, prefix_end, table, KV, K_BOX,
+            V_BOX, T_BOX, POSITION_COPIES, TS_W, stride_kvb, stride_kvh, stride_kvn,
+            stride_copy, head, max_len, own_bias, divisor, DQK, DV, BLOCK_DQK, BLOCK_DV,
+            HS, PAGE, NUM_BUCKETS, PRECISION, FAST, BLOCK_N,
+        )  # fmt: skip
+    else:
+        acc = _candidate_keys(
+            acc, q, when, limit, limit, full_end, prefix_end, table, KV, K_BOX,
+            V_BOX, T_BOX, POSITION_COPIES, TS_W, stride_kvb, stride_kvh, stride_kvn,
+            stride_copy, head, max_len, own_bias, divisor, DQK, DV, BLOCK_DQK,
+            BLOCK_DV, HS, PAGE, NUM_BUCKETS, PRECISION, FAST, BLOCK_N,
+        )  # fmt: skip
     out = OUT + row[:, None] * stride_ot + head * stride_oh + d_v[None, :]
     tl.store(out, (acc * inv_normalizer).to(OUT.dtype.element_ty),
              mask=m_ok[:, None] & (d_v[None, :] < DV))  # fmt: skip
@@ -547,6 +668,58 @@ def write_kv_cache_triton(
     )  # fmt: skip
 
 
+def _position_box(
+    box: torch.Tensor, block_m: int, block_n: int
+) -> TensorDescriptor | None:
+    """A TMA descriptor of the position box table (`KernelBiasTables`) for
+    tiles of `block_m` x `block_n`, where TMA is (`_has_tma`); None elsewhere:
+    every tile then reads its rows' runs. Its rows hold keys, so a tile's box
+    starts at row `x`, column 0: a TMA box may start anywhere, but the
+    interpreter wants the innermost coordinate 16-byte aligned."""
+    if block_m > BOX_ROWS or not _has_tma(box):
+        return None
+    shape, strides = list(box.shape), list(box.stride())
+    return TensorDescriptor(box, shape, strides, [block_n, block_m])
+
+
+def _cache_boxes(
+    kv_cache: torch.Tensor, common: dict, block_n: int
+) -> tuple[TensorDescriptor | None, ...]:
+    """TMA descriptors of the cache's keys, values and key times, one page
+    of `block_n` keys a box, where TMA is and every key block is one page;
+    Nones elsewhere (the kernels then load through per-element addresses).
+    Columns past a part's width read as zeros. The time slots start 16-byte
+    aligned only when the key width is a multiple of 8."""
+    dqk, page, hs = common["DQK"], common["PAGE"], common["HS"]
+    if page % block_n or dqk % 8 or not _has_tma(kv_cache):
+        return None, None, None
+    strides = list(kv_cache.stride())
+
+    def part(first: int, width: int, block: int) -> TensorDescriptor:
+        shape = [*kv_cache.shape[:3], width]
+        return TensorDescriptor(
+            kv_cache[..., first:], shape, strides, [1, 1, block_n, block]
+        )
+
+    return (
+        part(0, dqk, common["BLOCK_DQK"]),
+        part(hs, common["DV"], common["BLOCK_DV"]),
+        part(dqk, TIME_SLOTS, 8),
+    )
+
+
+def _has_tma(tensor: torch.Tensor) -> bool:
+    """Hopper and later, and the interpreter (CPU tensors). A host descriptor
+    is a kernel parameter: a captured CUDA graph keeps it, and neither the
+    cache nor the tables ever move."""
+    return not tensor.is_cuda or _capability(tensor.device) >= 9
+
+
+@functools.cache
+def _capability(device: torch.device) -> int:
+    return torch.cuda.get_device_capability(device)[0]
+
+
 def _multiprocessors(device: torch.device) -> int:
     if device.type != "cuda":  # the Triton interpreter, on CPU tensors
         return 1
@@ -612,7 +785,7 @@ def hstu_attention_triton(
     num_splits: int | None = None,
     prefill_config: tuple[int, int, int, int] | None = None,
     decode_config: tuple[int, int, int] | None = None,
-    bias_tables: tuple[torch.Tensor, torch.Tensor] | None = None,
+    bias_tables: KernelBiasTables | None = None,
 ) -> None:
     """Triton HSTU attention; `max_query_len == 1` takes the decode kernel.
 
@@ -627,7 +800,7 @@ def hstu_attention_triton(
         return
     common = _common(query, kv_cache, params, ts_w)
     kv_strides = (kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2))
-    copies, ts_w = bias_tables or kernel_bias_tables(pos_w, ts_w)
+    copies, box, ts_w = bias_tables or kernel_bias_tables(pos_w, ts_w)
     scalars = (params.max_len, params.time_bucket_divisor, 1.0 / params.normalizer)
     dv = params.value_dim
     if max_query_len == 1 and num_tokens == num_reqs:
@@ -639,9 +812,9 @@ def hstu_attention_triton(
             (splits, num_tokens, heads, dv), dtype=torch.float32, device=query.device
         )
         _decode_kernel[(num_tokens, heads, splits)](
-            query, kv_cache, partial, block_table, seq_lens, copies, ts_w,
-            query.stride(0), query.stride(1), *kv_strides,
-            partial.stride(0), partial.stride(1), partial.stride(2),
+            query, kv_cache, *_cache_boxes(kv_cache, common, block_n), partial,
+            block_table, seq_lens, copies, ts_w, query.stride(0), query.stride(1),
+            *kv_strides, partial.stride(0), partial.stride(1), partial.stride(2),
             block_table.stride(0), copies.stride(0), *scalars, BLOCK_N=block_n,
             **common, num_warps=warps, num_stages=stages,
         )  # fmt: skip
@@ -653,8 +826,10 @@ def hstu_attention_triton(
     tiles = num_tokens // block_m + num_reqs
     _prefill_kernel[(tiles, heads)](
         query, kv_cache, output, block_table, query_start_loc, seq_lens, copies,
-        ts_w, query.stride(0), query.stride(1), *kv_strides, output.stride(0),
-        output.stride(1), block_table.stride(0), copies.stride(0), num_reqs,
+        _position_box(box, block_m, block_n),
+        *_cache_boxes(kv_cache, common, block_n), ts_w, query.stride(0),
+        query.stride(1), *kv_strides, output.stride(0), output.stride(1),
+        block_table.stride(0), copies.stride(0), num_reqs,
         *scalars, BLOCK_M=block_m, BLOCK_N=block_n, **common, num_warps=warps,
         num_stages=stages,
     )  # fmt: skip
@@ -673,7 +848,7 @@ def candidate_attention_triton(
     ts_w: torch.Tensor,
     params: HSTUAttentionParams,
     output: torch.Tensor,
-    bias_tables: tuple[torch.Tensor, torch.Tensor] | None = None,
+    bias_tables: KernelBiasTables | None = None,
     config: tuple[int, int, int, int] | None = None,
 ) -> None:
     """Triton `paged_torch.candidate_attention_torch`: one launch for all
@@ -687,10 +862,11 @@ def candidate_attention_triton(
     block_m, block_n, warps, stages = config or _prefill_blocks(
         params.attention_dim, params.value_dim
     )
-    copies, ts_w = bias_tables or kernel_bias_tables(pos_w, ts_w)
+    copies, _, ts_w = bias_tables or kernel_bias_tables(pos_w, ts_w)
     tiles = num_candidates // block_m + num_reqs
     _candidate_kernel[(tiles, heads)](
-        query, key, value, times, limits, kv_cache, output, block_table,
+        query, key, value, times, limits, kv_cache,
+        *_cache_boxes(kv_cache, common, block_n), output, block_table,
         candidate_start, copies, ts_w,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1),
         value.stride(0), value.stride(1),

@@ -252,11 +252,14 @@ def make_candidate_case(
     generator: torch.Generator | None = None,
     device: str = "cpu",
     with_expected: bool = True,
+    at_request_time: bool = False,
 ) -> CandidateCase:
     """Histories in shuffled cache blocks and candidates whose limits fall
     anywhere in their history (as real-time events before a candidate's time
-    do). The answer: dense attention over the history followed by the
-    candidates, each a key of its own, under the MTGR mask rules (`_dense`)."""
+    do), or, `at_request_time`, candidates that all see the whole history at
+    one time after it (a request scored now). The answer: dense attention
+    over the history followed by the candidates, each a key of its own,
+    under the MTGR mask rules (`_dense`)."""
     g = generator or torch.Generator().manual_seed(0)
     max_len = max(max_len, max(history_lens) + 1)
     params = HSTUAttentionParams(dqk, dv, max_len, float(max_len), 0.301)
@@ -295,6 +298,9 @@ def make_candidate_case(
         v = randn(count, heads, dv).to(dtype)
         limits = torch.randint(1, length + 1, (count,), generator=g).to(device)
         jitter = torch.randint(-(10**6), 10**6, (count,), generator=g)
+        if at_request_time:
+            limits = torch.full_like(limits, length)
+            jitter = torch.full_like(jitter, int(jitter[0].abs()))
         times = key_times[-1] + jitter.to(device)
         for name, value in zip(
             ("query", "key", "value", "times", "limits"),

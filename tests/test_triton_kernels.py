@@ -76,6 +76,30 @@ def test_prefill_kernel(name, page, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("page", [16, 64], ids=lambda p: f"page{p}")
+@pytest.mark.parametrize("name", ["ragged_prefill", "mtgr_masks"])
+def test_prefill_kernel_with_rows_runs_only(name, page, dtype):
+    """Tiles of 128 rows have no position box (`BOX_ROWS`): every tile reads
+    its rows' runs, as on GPUs without TMA (and, at page 16, no cache box)."""
+    seq_lens, query_lens, contexts, candidates = CASES[name]
+    seed = _seed()
+    case = make_case(
+        seq_lens,
+        query_lens,
+        context_ends=contexts,
+        candidate_starts=candidates,
+        block_size=page,
+        dtype=dtype,
+        device=DEVICE,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    got = case.run(
+        hstu_attention_triton, max(query_lens), prefill_config=(128, 64, 8, 2)
+    )
+    assert relative_error(got, case.expected) < TOLERANCE[dtype], f"seed {seed}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: f"page{p}")
 @pytest.mark.parametrize("splits", [1, 3])
 def test_decode_kernel_with_key_splits(dtype, splits, page):
@@ -146,7 +170,8 @@ def test_head_dims(dtype, dqk, dv):
     ],
     ids=["ragged", "tile_boundaries", "odd_head_dim", "hstu_large_heads"],
 )
-def test_candidate_kernel(dtype, page, history_lens, counts, dqk, dv):
+@pytest.mark.parametrize("at_request_time", [False, True], ids=["anytime", "now"])
+def test_candidate_kernel(dtype, page, history_lens, counts, dqk, dv, at_request_time):
     seed = _seed()
     case = make_candidate_case(
         history_lens,
@@ -157,6 +182,7 @@ def test_candidate_kernel(dtype, page, history_lens, counts, dqk, dv):
         dtype=dtype,
         device=DEVICE,
         generator=torch.Generator().manual_seed(seed),
+        at_request_time=at_request_time,
     )
     got = case.run(candidate_attention_triton)
     assert not got.isnan().any(), f"seed {seed}: unwritten output"

@@ -29,6 +29,7 @@ from vllm.v1.attention.backend import (
 
 from vllm_mtgr.kernels import (
     HSTUAttentionParams,
+    KernelBiasTables,
     hstu_attention,
     kernel_bias_tables,
     write_kv_cache,
@@ -205,20 +206,24 @@ class RelativeAttentionBias(nn.Module):
         self.position_weight = nn.Parameter(torch.empty(2 * max_len - 1))
         self.time_weight = nn.Parameter(torch.empty(num_time_buckets + 1))
         tables = kernel_bias_tables(self.position_weight, self.time_weight)
-        for name, table in zip(("kernel_position", "kernel_time"), tables, strict=True):
+        for name, table in zip(TABLE_BUFFERS, tables, strict=True):
             unset = torch.full(table.shape, float("nan"), dtype=torch.float32)
             self.register_buffer(name, unset, persistent=False)
 
     def refresh_kernel_tables(self) -> None:
         """Recompute the kernels' tables, in place: captured CUDA graphs keep
         reading the same memory."""
-        position, time = kernel_bias_tables(self.position_weight, self.time_weight)
-        self.kernel_position.copy_(position)
-        self.kernel_time.copy_(time)
+        tables = kernel_bias_tables(self.position_weight, self.time_weight)
+        for name, table in zip(TABLE_BUFFERS, tables, strict=True):
+            getattr(self, name).copy_(table)
 
     @property
-    def kernel_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.kernel_position, self.kernel_time
+    def kernel_tables(self) -> KernelBiasTables:
+        return KernelBiasTables(*(getattr(self, name) for name in TABLE_BUFFERS))
+
+
+# `RelativeAttentionBias`'s buffers, one per field of `KernelBiasTables`.
+TABLE_BUFFERS = tuple(f"kernel_{field}" for field in KernelBiasTables._fields)
 
 
 class HSTUAttention(Attention):
