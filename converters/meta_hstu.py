@@ -1,7 +1,7 @@
 """Converts Meta's research HSTU checkpoints (generative-recommenders repo).
 
 Input: `torch.save({"model_state_dict": ...})` of the DDP-wrapped model, keys
-prefixed `module.` (DESIGN section 3). Shapes fix everything but the head
+prefixed `module.` (docs/DESIGN.md section 3). Shapes fix everything but the head
 split, so the number of heads is an argument (Meta's ML-1M models use 1).
 """
 

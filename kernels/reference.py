@@ -6,7 +6,7 @@ of Meta's checkpoints without the `module.` prefix, so an original state dict
 loads with `load_state_dict` and nothing in between: a converter bug cannot
 hide in a shared mapping.
 
-Math (DESIGN section 3):
+Math (docs/DESIGN.md section 3):
     n  = LayerNorm(x)                                   # no affine, eps 1e-6
     u, v, q, k = split(silu(n @ W_uvqk))                # order u|v|q|k
     A[i,j] = silu(q_i . k_j + rab[i,j]) / N * [j <= i]  # N fixed
@@ -313,7 +313,7 @@ class _RankingLayer(nn.Module):
 
 
 class MTGRReference(nn.Module):
-    """MTGR ranking (DESIGN section 3) for one request, whole sequence, dense.
+    """MTGR ranking (docs/DESIGN.md section 3) for one request, whole sequence, dense.
 
     Parameter names equal the served checkpoint's, so a trained state dict
     loads unchanged into the oracle and, through the ranking converter, into

@@ -27,7 +27,7 @@ POS_W_0 = "module._hstu._attention_layers.0._rel_attn_bias._pos_w"
 
 
 def meta_keys(num_layers: int, max_len: int) -> dict[str, tuple[int, ...]]:
-    """Meta's checkpoint keys and shapes as DESIGN section 3 documents them."""
+    """Meta's checkpoint keys and shapes as docs/DESIGN.md section 3 documents them."""
     d, items = TINY["embedding_dim"], TINY["num_items"]
     heads, dqk, dv = TINY["num_heads"], TINY["attention_dim"], TINY["linear_dim"]
     keys = {

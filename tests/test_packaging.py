@@ -1,4 +1,4 @@
-"""`pip install .` ships the layout of DESIGN section 2 and the entry points."""
+"""`pip install .` ships the layout of docs/DESIGN.md section 2 and the entry points."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Per-event side data (timestamps, action types) and how it travels through vLLM.
 
-Why this shape (the choice DESIGN section 4 asks for):
+Why this shape (the choice docs/DESIGN.md section 4 asks for):
 
 * HSTU's time bias for query token i and key token j is
   `ts_w[bucket(ts[i + 1] - ts[j])]`: every token needs its own key time `ts[j]`

@@ -1,6 +1,6 @@
 """HSTU generative retrieval (`MTGRForCausalLM`) on vLLM's layers.
 
-Meta's research HSTU (DESIGN section 3): item embedding * sqrt(D) plus a
+Meta's research HSTU (docs/DESIGN.md section 3): item embedding * sqrt(D) plus a
 learned position embedding, HSTU blocks, L2-normalised output; the logits are
 the cosine similarity to every item's embedding divided by a temperature.
 Timestamps reach every token through its position rows (`vllm_mtgr.events`).

@@ -1,7 +1,7 @@
 """MTGR ranking (`MTGRForRanking`) on vLLM's pooling runner.
 
 One request holds a user's profile, long and real-time history, and the
-candidates to score (DESIGN section 3: token groups, group LayerNorm, the
+candidates to score (docs/DESIGN.md section 3: token groups, group LayerNorm, the
 dynamic mixed mask, a fixed attention normaliser, one head per task). The
 history is the prompt: vLLM's forward computes it into the paged KV cache,
 reusing a returning user's cached blocks. The candidates are not tokens

@@ -1,6 +1,6 @@
 """A ranking request: one user's profile and behaviour, and the items to score.
 
-MTGR's sequence (DESIGN section 3) for one request:
+MTGR's sequence (docs/DESIGN.md section 3) for one request:
 
     [profile P] [long history S] [real-time history R] | [candidates C]
 
