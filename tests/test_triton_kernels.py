@@ -54,10 +54,16 @@ def _seed() -> int:
 PAGES = [16, 64, 128]
 
 
+# Tiles of 128 rows have no position box (`BOX_ROWS`): every tile reads its
+# rows' runs, as on GPUs without TMA.
+TILES = {"default": None, "rows_runs": (128, 64, 8, 2)}
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: f"page{p}")
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_prefill_kernel(name, page, dtype):
+@pytest.mark.parametrize("tile", sorted(TILES))
+def test_prefill_kernel(name, page, dtype, tile):
     seq_lens, query_lens, contexts, candidates = CASES[name]
     seed = _seed()
     case = make_case(
@@ -70,32 +76,8 @@ def test_prefill_kernel(name, page, dtype):
         device=DEVICE,
         generator=torch.Generator().manual_seed(seed),
     )
-    got = case.run(hstu_attention_triton, max(query_lens))
+    got = case.run(hstu_attention_triton, max(query_lens), prefill_config=TILES[tile])
     assert not got.isnan().any(), f"seed {seed}: unwritten output"
-    assert relative_error(got, case.expected) < TOLERANCE[dtype], f"seed {seed}"
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("page", [16, 64], ids=lambda p: f"page{p}")
-@pytest.mark.parametrize("name", ["ragged_prefill", "mtgr_masks"])
-def test_prefill_kernel_with_rows_runs_only(name, page, dtype):
-    """Tiles of 128 rows have no position box (`BOX_ROWS`): every tile reads
-    its rows' runs, as on GPUs without TMA (and, at page 16, no cache box)."""
-    seq_lens, query_lens, contexts, candidates = CASES[name]
-    seed = _seed()
-    case = make_case(
-        seq_lens,
-        query_lens,
-        context_ends=contexts,
-        candidate_starts=candidates,
-        block_size=page,
-        dtype=dtype,
-        device=DEVICE,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    got = case.run(
-        hstu_attention_triton, max(query_lens), prefill_config=(128, 64, 8, 2)
-    )
     assert relative_error(got, case.expected) < TOLERANCE[dtype], f"seed {seed}"
 
 
