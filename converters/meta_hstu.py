@@ -19,7 +19,7 @@ import torch
 from vllm_mtgr.config import MTGRConfig
 
 from .model_dir import write_model_dir
-from .shapes import CheckpointError
+from .shapes import ITEM_EMBEDDING, CheckpointError
 
 ITEM_EMB = "_embedding_module._item_emb.weight"
 POS_EMB = "_input_features_preproc._pos_emb.weight"
@@ -169,10 +169,7 @@ def converted_tensors(
     """Meta's tensors under vllm-mtgr's names and layouts."""
     items = state[ITEM_EMB]
     # One extra zero row: the `<unk>` token, which is never scored.
-    yield (
-        "model.item_embedding.weight",
-        torch.cat([items, items.new_zeros(1, items.shape[1])]),
-    )
+    yield ITEM_EMBEDDING, torch.cat([items, items.new_zeros(1, items.shape[1])])
     yield "model.position_embedding.weight", state[POS_EMB]
     if config.num_action_types:
         yield "model.action_embedding.weight", state[ACTION_EMB]

@@ -13,11 +13,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
 from vllm_mtgr.config import MTGRConfig
 from vllm_mtgr.tokenizer import write_tokenizer
+from vllm_mtgr.weight_files import check_weight_files
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 WEIGHTS_NAME = "model.safetensors"
@@ -99,3 +101,23 @@ def write_model_dir(
     if tensors is not None:
         write_weights(directory, tensors, total_bytes, shard_bytes)
     return directory
+
+
+def read_tensor(directory: Path, name: str) -> torch.Tensor:
+    """One tensor of a model directory written here (one file or shards)."""
+    directory = Path(directory)
+    check_weight_files(directory)
+    index = directory / INDEX_NAME
+    if index.exists():
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        if name not in weight_map:
+            raise ValueError(f"{index}: no tensor '{name}' in its weight_map")
+        path = directory / weight_map[name]
+    else:
+        path = directory / WEIGHTS_NAME
+    if not path.exists():
+        raise ValueError(f"{path}: no such weights file")
+    with safe_open(str(path), framework="pt") as weights:
+        if name not in weights.keys():
+            raise ValueError(f"{path}: no tensor '{name}'")
+        return weights.get_tensor(name)

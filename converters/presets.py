@@ -15,7 +15,7 @@ import torch
 from vllm_mtgr.config import MTGRConfig
 
 from .model_dir import write_model_dir
-from .shapes import parameter_count, weight_shapes
+from .shapes import ITEM_EMBEDDING, parameter_count, weight_shapes
 
 RANKING_PLUGIN = "mtgr_ranking"  # vllm_mtgr.serving.ranking
 
@@ -94,7 +94,7 @@ def random_tensors(
             tensor = torch.zeros(shape)
         else:
             tensor = torch.randn(shape, generator=generator) * 0.02
-        if name == "model.item_embedding.weight":
+        if name == ITEM_EMBEDDING:
             tensor[0] = 0  # padding
             tensor[config.num_items + 1 :] = 0  # special tokens
         yield name, tensor.to(dtype)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from vllm_mtgr.config import MTGRConfig
 
 NUM_GROUPS = 4  # profile, long history, real-time history, candidates
+ITEM_EMBEDDING = "model.item_embedding.weight"
 
 
 class CheckpointError(ValueError):
@@ -23,7 +24,7 @@ def weight_shapes(config: MTGRConfig) -> dict[str, tuple[int, ...]]:
     d, h = config.hidden_size, config.num_attention_heads
     dqk, dv = config.attention_dim, config.linear_dim
     shapes: dict[str, tuple[int, ...]] = {
-        "model.item_embedding.weight": (config.vocab_size, d),
+        ITEM_EMBEDDING: (config.vocab_size, d),
         "model.position_embedding.weight": (config.max_position_embeddings, d),
     }
     if config.num_action_types:

@@ -1,4 +1,4 @@
-"""The `vllm-mtgr` command line: convert, create, serve."""
+"""The `vllm-mtgr` command line: convert, create, semantic-ids, export-head, serve."""
 
 from __future__ import annotations
 
@@ -50,6 +50,23 @@ def _create(args: argparse.Namespace) -> None:
         raise SystemExit("vllm-mtgr create: give a PRESET and --out (or --list)")
     out = create(args.preset, args.out, args.config_only, args.dtype, args.seed)
     print(f"wrote {out}")
+
+
+def _semantic_ids(args: argparse.Namespace) -> None:
+    from vllm_mtgr.config import MTGRConfig
+    from vllm_mtgr.converters import semantic_ids
+    from vllm_mtgr.converters.model_dir import read_tensor
+    from vllm_mtgr.converters.shapes import ITEM_EMBEDDING
+
+    config = MTGRConfig.from_pretrained(args.model)
+    embeddings = read_tensor(args.model, ITEM_EMBEDDING)
+    attributes = (
+        semantic_ids.read_attributes(args.attributes) if args.attributes else None
+    )
+    vectors = semantic_ids.item_vectors(embeddings, config.num_items, attributes)
+    ids = semantic_ids.build(vectors, args.levels, args.codes, seed=args.seed)
+    path = semantic_ids.write(ids, args.model)
+    print(f"wrote {path}: {len(ids.codes)} items, tokens per level {ids.level_sizes()}")
 
 
 def _export_head(args: argparse.Namespace) -> None:
@@ -181,6 +198,19 @@ def main(argv: list[str] | None = None) -> None:
     create.add_argument("--dtype", default="bfloat16")
     create.add_argument("--seed", type=int, default=0)
 
+    codes = commands.add_parser(
+        "semantic-ids",
+        help="give every item of a model's catalogue a semantic ID (residual "
+        "k-means over its item embeddings, optionally with item attributes)",
+    )
+    codes.add_argument("model", type=Path, help="a model directory (written into)")
+    codes.add_argument(
+        "--attributes", type=Path, help="S3-Rec item2attributes.json of the items"
+    )
+    codes.add_argument("--levels", type=_positive_int, default=3)
+    codes.add_argument("--codes", type=_positive_int, default=256, help="per level")
+    codes.add_argument("--seed", type=int, default=0)
+
     export = commands.add_parser(
         "export-head",
         help="export a ranking model's scoring head: ONNX, TensorRT, Triton repo",
@@ -241,7 +271,12 @@ def main(argv: list[str] | None = None) -> None:
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     else:
-        run = {"convert": _convert, "export-head": _export_head, "create": _create}
+        run = {
+            "convert": _convert,
+            "create": _create,
+            "semantic-ids": _semantic_ids,
+            "export-head": _export_head,
+        }
         try:
             run[args.command](args)
         except (ValueError, OSError) as error:
