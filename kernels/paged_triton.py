@@ -732,14 +732,15 @@ def _block(d: int) -> int:
 
 def _prefill_blocks(dqk: int, dv: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the prefill and
-    candidate kernels: the best of the H200 sweep (`benchmarks/kernels.py
-    --sections sweep`, `benchmarks/results/h200-20261202`) at 32 x 4096 and
-    at the DLRMv3 candidates, within 2% of the best at each; 128-row tiles
-    of 8 warps were 10% slower. Both spill registers (ptxas for sm_90:
-    a 1056-byte stack here, 760 there), so spill bytes do not rank them."""
+    candidate kernels: the best of the H200 sweeps (`benchmarks/kernels.py
+    --sections sweep`, `benchmarks/results/h200-20261202c`): with the
+    position box, 3 stages ran 4% faster than 2 at 32 x 4096 (188-190 vs
+    180-182 TFLOP/s) and 1.5% faster for request-time candidates; 128-row
+    tiles have no position box (`BOX_ROWS`). Head dims above 128 take
+    32-key tiles (shared memory)."""
     if max(dqk, dv) > 128:
         return 64, 32, 4, 2
-    return 64, 64, 4, 2
+    return 64, 64, 4, 3
 
 
 DECODE_CONFIG = (64, 4, 2)  # BLOCK_N, warps, stages
