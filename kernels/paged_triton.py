@@ -736,8 +736,8 @@ def _prefill_blocks(dqk: int, dv: int) -> tuple[int, int, int, int]:
     --sections sweep`, `benchmarks/results/h200-20261202c`): with the
     position box, 3 stages ran 4% faster than 2 at 32 x 4096 (188-190 vs
     180-182 TFLOP/s) and 1.5% faster for request-time candidates; 128-row
-    tiles have no position box (`BOX_ROWS`). Head dims above 128 take
-    32-key tiles (shared memory)."""
+    tiles have no position box (`BOX_ROWS`). Head dims above 128 keep the
+    32-key, 2-stage tile of earlier sweeps (not re-swept with the box)."""
     if max(dqk, dv) > 128:
         return 64, 32, 4, 2
     return 64, 64, 4, 3
