@@ -449,3 +449,33 @@ class MTGRReference(nn.Module):
             gated = u * layer.output_norm(out.reshape(length, h * dv), groups)
             x = x + layer.o_proj(gated)
         return self.scoring_head(x[-len(tokens["candidates"]) :])
+
+
+def constrained_beam_search(
+    step, codes: torch.Tensor, width: int, seen: set[int] = frozenset()
+) -> list[tuple[int, float]]:
+    """The oracle of semantic-ID decoding: (item, summed log-probability)
+    pairs, best first, of a beam search of `width` over `codes` (`[items,
+    levels]`, row i: item i + 1), items in `seen` left out.
+
+    One beam at a time, with the valid next tokens read off the code table
+    itself (no prefix structure), so that it shares nothing with the served
+    path. `step(tokens)` as in `vllm_mtgr.code_trie.beam_search`.
+    """
+    rows = codes.tolist()
+    beams: list[tuple[float, tuple[int, ...]]] = [(0.0, ())]
+    for depth in range(codes.shape[1]):
+        candidates = []
+        for score, prefix in beams:
+            logp = step(torch.tensor([prefix], dtype=torch.long).reshape(1, depth))[0]
+            nexts = {
+                row[depth]
+                for item, row in enumerate(rows, start=1)
+                if tuple(row[:depth]) == prefix
+                and (depth < codes.shape[1] - 1 or item not in seen)
+            }
+            candidates += [(score + float(logp[t]), (*prefix, t)) for t in nexts]
+        candidates.sort(key=lambda c: -c[0])
+        beams = candidates[:width]
+    index = {tuple(row): item for item, row in enumerate(rows, start=1)}
+    return [(index[prefix], score) for score, prefix in beams]

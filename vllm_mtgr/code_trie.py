@@ -1,0 +1,133 @@
+"""The prefix table of a catalogue's semantic IDs: which code token may come
+next after a prefix, so that decoding never leaves the set of real items.
+
+Codes are `[num_items, levels]` token indices (`converters.semantic_ids`;
+level l's tokens are 0..sizes[l] - 1). The table is a trie stored level by
+level as flat tensors, so that a whole batch of beams moves through it with
+a few gathers on the device: every node at depth l has its children in one
+contiguous run `first[node] .. first[node] + count[node]` of depth l + 1's
+nodes, sorted by token. A beam's state is its node; depth `levels` nodes are
+items. Torch only: the model, the logits constraint and the tests use it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class CodeTrie:
+    """Trie over `codes` (`[num_items, levels]`, row i: item i + 1)."""
+
+    def __init__(self, codes: torch.Tensor, sizes: list[int] | None = None) -> None:
+        """`sizes`: tokens per level of the model's code vocabulary (default:
+        the largest token in each column, plus one)."""
+        if codes.dim() != 2 or codes.shape[0] == 0 or (codes < 0).any():
+            raise ValueError(
+                f"codes: need [items, levels] of indices >= 0, got {list(codes.shape)}"
+            )
+        if len(torch.unique(codes, dim=0)) != codes.shape[0]:
+            raise ValueError("codes: two items share a code")
+        self.levels = codes.shape[1]
+        used = [int(codes[:, level].max()) + 1 for level in range(self.levels)]
+        self.sizes = used if sizes is None else list(sizes)
+        if len(self.sizes) != self.levels or any(
+            s < u for s, u in zip(self.sizes, used, strict=True)
+        ):
+            raise ValueError(f"sizes {self.sizes}: need one per level, >= {used}")
+        # Node ids per depth: the distinct prefixes of that length, sorted.
+        self.tokens: list[torch.Tensor] = []  # depth d >= 1: each node's last token
+        self.first: list[torch.Tensor] = []  # depth d < levels: first child
+        self.count: list[torch.Tensor] = []  # depth d < levels: children
+        parents = torch.zeros(codes.shape[0], dtype=torch.long)  # the root
+        for depth in range(1, self.levels + 1):
+            prefixes, node = torch.unique(codes[:, :depth], dim=0, return_inverse=True)
+            parent_of_node = torch.zeros(len(prefixes), dtype=torch.long)
+            parent_of_node[node] = parents
+            width = int(parents.max()) + 1
+            count = torch.bincount(parent_of_node, minlength=width)
+            self.count.append(count)
+            self.first.append(torch.cumsum(count, 0) - count)
+            self.tokens.append(prefixes[:, -1])
+            parents = node
+        # Leaves in node order -> item ids (unique prefixes of full length).
+        self.items = torch.empty(codes.shape[0], dtype=torch.long)
+        self.items[parents] = torch.arange(1, codes.shape[0] + 1)
+
+    def to(self, device: torch.device | str) -> CodeTrie:
+        for name in ("tokens", "first", "count"):
+            setattr(self, name, [t.to(device) for t in getattr(self, name)])
+        self.items = self.items.to(device)
+        return self
+
+    def allowed(self, nodes: torch.Tensor, depth: int) -> torch.Tensor:
+        """`[beams, sizes[depth]]` bool: the tokens that may follow each
+        beam's node (at `depth`, 0 = the root)."""
+        first, count = self.first[depth][nodes], self.count[depth][nodes]
+        mask = torch.zeros(len(nodes), self.sizes[depth], dtype=torch.bool,
+                           device=nodes.device)  # fmt: skip
+        most = int(count.max()) if len(nodes) else 0
+        offsets = torch.arange(most, device=nodes.device)
+        child = first[:, None] + offsets[None, :]
+        real = offsets[None, :] < count[:, None]
+        tokens = self.tokens[depth][child.clamp(max=len(self.tokens[depth]) - 1)]
+        rows = torch.arange(len(nodes), device=nodes.device)[:, None].expand_as(child)
+        mask[rows[real], tokens[real]] = True
+        return mask
+
+    def advance(
+        self, nodes: torch.Tensor, tokens: torch.Tensor, depth: int
+    ) -> torch.Tensor:
+        """Each beam's child node for its next `tokens` (which `allowed`
+        permits): a binary search in the node's sorted run of children."""
+        first, count = self.first[depth][nodes], self.count[depth][nodes]
+        children = self.tokens[depth]
+        lo, hi = first, first + count
+        for _ in range(int(count.max()).bit_length() + 1):
+            mid = (lo + hi) // 2
+            less = children[mid.clamp(max=len(children) - 1)] < tokens
+            active = lo < hi
+            lo = torch.where(active & less, mid + 1, lo)
+            hi = torch.where(active & ~less, mid, hi)
+        return lo
+
+    def item(self, leaves: torch.Tensor) -> torch.Tensor:
+        """Item ids of depth-`levels` nodes."""
+        return self.items[leaves]
+
+
+def beam_search(
+    step, trie: CodeTrie, width: int, seen: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(items `[<= width]`, summed log-probabilities), best first.
+
+    `step(tokens)` gets the beams' code tokens so far (`[beams, depth]`) and
+    returns log-probabilities `[beams, sizes[depth]]` of the next token.
+    Tokens outside the trie are never taken; items in `seen` (ids) are
+    dropped at the last level, so no beam is spent on them there.
+    """
+    device = trie.items.device
+    nodes = torch.zeros(1, dtype=torch.long, device=device)
+    scores = torch.zeros(1, device=device)
+    tokens = torch.zeros(1, 0, dtype=torch.long, device=device)
+    for depth in range(trie.levels):
+        logp = step(tokens).float()
+        mask = trie.allowed(nodes, depth)
+        if depth == trie.levels - 1 and seen is not None and len(seen):
+            mask &= ~_leads_to(trie, nodes, mask, seen)
+        total = torch.where(mask, scores[:, None] + logp, float("-inf"))
+        keep = min(width, int(mask.sum()))
+        best, flat = total.flatten().topk(keep)
+        beam, token = flat // mask.shape[1], flat % mask.shape[1]
+        nodes = trie.advance(nodes[beam], token, depth)
+        scores, tokens = best, torch.cat([tokens[beam], token[:, None]], dim=1)
+    return trie.item(nodes), scores
+
+
+def _leads_to(trie: CodeTrie, nodes, mask, seen: torch.Tensor) -> torch.Tensor:
+    """`[beams, tokens]` bool: the last-level tokens that end at a seen item."""
+    depth = trie.levels - 1
+    beams, tokens = mask.nonzero(as_tuple=True)
+    items = trie.item(trie.advance(nodes[beams], tokens, depth))
+    hit = torch.zeros_like(mask)
+    hit[beams, tokens] = torch.isin(items, seen.to(items.device))
+    return hit
