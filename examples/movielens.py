@@ -1,10 +1,13 @@
-"""MovieLens sequences, the leave-one-out split and ranking metrics.
+"""Sequences of the shared datasets, the leave-one-out split and ranking metrics.
 
-Shared by `train_movielens.py` and `evaluate.py`. Reads the raw files in
-place (`../shared/data`); nothing of the data is copied into the project.
-Protocol (Meta's generative-recommenders): each user's ratings sorted by
-timestamp; the last item is the test target, the second-to-last the
-validation target; histories keep the most recent `max_len` events.
+Shared by `train_movielens.py` and `evaluate.py`. Reads the files in place
+(`../shared/data`); nothing of the data is copied into the project.
+Protocol (Meta's generative-recommenders, and TIGER's for Amazon): each
+user's events in time order; the last item is the test target, the
+second-to-last the validation target; histories keep the most recent
+`max_len` events. MovieLens has timestamps; the Amazon sequences (S3-Rec's
+preprocessing, `beauty`) dropped them, so their events all get time 0 and
+HSTU's time bias is one constant there.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ FILES = {
     "ml-1m": ("ml-1m/ratings.PARTIAL-users-1-2999.dat.gz", "::"),
 }
 TITLE_FILES = {"ml-100k": ("ml-100k/u.item", "|"), "ml-1m": ("ml-1m/movies.dat", "::")}
+# S3-Rec format: one user per line, `user item item ...` in time order.
+AMAZON_FILES = {"beauty": "amazon-2014-5core-seq-s3rec/Beauty.txt"}
+DATASETS = [*FILES, *AMAZON_FILES]
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,12 @@ class Query:
 
 
 def load_sequences(dataset: str, data_dir: Path = DATA_DIR) -> list[Sequence]:
+    if dataset in AMAZON_FILES:
+        sequences = []
+        for line in (data_dir / AMAZON_FILES[dataset]).read_text().splitlines():
+            user, *items = (int(field) for field in line.split())
+            sequences.append(Sequence(user, items, [0] * len(items)))
+        return sequences
     path, sep = FILES[dataset]
     opener = gzip.open if path.endswith(".gz") else open
     events: dict[int, list[tuple[int, int]]] = {}
@@ -105,7 +117,7 @@ def item_titles(dataset: str, data_dir: Path = DATA_DIR) -> dict[int, str]:
 def metrics(ranks: list[int]) -> dict[str, float]:
     """HR@k and NDCG@k for 0-based ranks of the target (one target per query)."""
     out = {}
-    for k in (10, 50):
+    for k in (5, 10, 50):
         out[f"HR@{k}"] = sum(r < k for r in ranks) / len(ranks)
         out[f"NDCG@{k}"] = sum(1 / math.log2(r + 2) for r in ranks if r < k) / len(
             ranks

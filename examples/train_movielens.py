@@ -2,6 +2,7 @@
 
     python examples/train_movielens.py --dataset ml-100k --out models/hstu-ml100k
     python examples/train_movielens.py --dataset ml-100k --arch sasrec
+    python examples/train_movielens.py --dataset beauty --report DIR   # Amazon Beauty
 
 Protocol (generative-recommenders, ML-1M config, sizes kept): sequences by
 timestamp, leave-one-out (last item test, second-to-last validation), 200
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from movielens import (
+    DATASETS,
     Query,
     Sequence,
     load_sequences,
@@ -260,7 +262,7 @@ def save_plot(history: dict, path: Path, title: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--dataset", choices=["ml-100k", "ml-1m"], default="ml-100k")
+    parser.add_argument("--dataset", choices=DATASETS, default="ml-100k")
     parser.add_argument("--arch", choices=["hstu", "sasrec"], default="hstu")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--eval-every", type=int, default=5)
