@@ -497,10 +497,9 @@ def _decode_kernel(
     acc = _key_range(
         acc, q, high_q, low_q, bias_rows, pos_q, row_end, begin,
         tl.maximum(begin, full_end), end, end, table, KV, None, K_BOX, V_BOX,
-        T_BOX, TS_W,
-        stride_kvb, stride_kvh, stride_kvn, head, own_bias, divisor, DQK, DV,
-        BLOCK_DQK, BLOCK_DV, HS, PAGE, NUM_BUCKETS, PRECISION, FAST, BLOCK_N,
-        False, True,
+        T_BOX, TS_W, stride_kvb, stride_kvh, stride_kvn, head, own_bias, divisor,
+        DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE, NUM_BUCKETS, PRECISION, FAST,
+        BLOCK_N, False, True,
     )  # fmt: skip
     d_v = tl.arange(0, BLOCK_DV)
     out = PARTIAL + split * stride_ps + req.to(tl.int64) * stride_pt + head * stride_ph
