@@ -521,9 +521,9 @@ def _candidate_keys(
     high_q = (when >> 16).to(tl.float32) * 65536.0
     low_q = (when & 0xFFFF).to(tl.float32)
     bias_rows = _bias_rows(POSITION_COPIES, stride_copy, max_len, bias_limit)
-    never = limit * 0 - 1  # own keys are not in the cache
+    # Own keys are not in the cache (OWN_KEYS off): no query position needed.
     return _key_range(
-        acc, q, high_q, low_q, bias_rows, never, limit, 0, full_end, prefix_end,
+        acc, q, high_q, low_q, bias_rows, None, limit, 0, full_end, prefix_end,
         prefix_end, table, KV, None, K_BOX, V_BOX, T_BOX, TS_W, stride_kvb, stride_kvh,
         stride_kvn, head, own_bias, divisor, DQK, DV, BLOCK_DQK, BLOCK_DV, HS, PAGE,
         NUM_BUCKETS, PRECISION, FAST, BLOCK_N, False, False,
@@ -584,12 +584,13 @@ def _candidate_kernel(
     last_time = tl.max(when, axis=0)
     first_time = tl.min(tl.where(m_ok, when, last_time), axis=0)
     if (first_limit == prefix_end) & (first_time == last_time):
+        shared_time = tl.zeros([1], tl.int64) + first_time
+        shared_limit = tl.zeros([1], tl.int32) + first_limit
         acc = _candidate_keys(
-            acc, q, tl.zeros([1], tl.int64) + first_time, tl.zeros([1],
-            tl.int32) + first_limit, limit, full_end, prefix_end, table, KV, K_BOX,
-            V_BOX, T_BOX, POSITION_COPIES, TS_W, stride_kvb, stride_kvh, stride_kvn,
-            stride_copy, head, max_len, own_bias, divisor, DQK, DV, BLOCK_DQK, BLOCK_DV,
-            HS, PAGE, NUM_BUCKETS, PRECISION, FAST, BLOCK_N,
+            acc, q, shared_time, shared_limit, limit, full_end, prefix_end, table, KV,
+            K_BOX, V_BOX, T_BOX, POSITION_COPIES, TS_W, stride_kvb, stride_kvh,
+            stride_kvn, stride_copy, head, max_len, own_bias, divisor, DQK, DV,
+            BLOCK_DQK, BLOCK_DV, HS, PAGE, NUM_BUCKETS, PRECISION, FAST, BLOCK_N,
         )  # fmt: skip
     else:
         acc = _candidate_keys(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import torch
@@ -452,7 +452,7 @@ class MTGRReference(nn.Module):
 
 
 def constrained_beam_search(
-    step, codes: torch.Tensor, width: int, seen: set[int] = frozenset()
+    step, codes: torch.Tensor, width: int, seen: Collection[int] = ()
 ) -> list[tuple[int, float]]:
     """The oracle of semantic-ID decoding: (item, summed log-probability)
     pairs, best first, of a beam search of `width` over `codes` (`[items,
