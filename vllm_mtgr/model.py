@@ -85,15 +85,22 @@ def _with_slots(
     return torch.cat(parts, dim=-1).view(tokens, heads * width)
 
 
-class GroupAffine(nn.Module):
-    """One affine per token group (MTGR's group LayerNorm, after the norm)."""
+class GroupLayerNorm(nn.Module):
+    """MTGR's group LayerNorm: one LayerNorm, then one affine per token group."""
 
-    def __init__(self, groups: int, width: int) -> None:
+    def __init__(self, groups: int, width: int, eps: float) -> None:
         super().__init__()
+        self.eps = eps
         self.weight = nn.Parameter(torch.ones(groups, width))
         self.bias = nn.Parameter(torch.zeros(groups, width))
 
-    def forward(self, normed: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, groups: torch.Tensor | int) -> torch.Tensor:
+        if isinstance(groups, int):
+            # One group (the candidates): the affine fused into the norm, one
+            # kernel instead of three over the pass's ~65k rows.
+            weight, bias = self.weight[groups], self.bias[groups]
+            return F.layer_norm(x, x.shape[-1:], weight, bias, self.eps)
+        normed = F.layer_norm(x, x.shape[-1:], eps=self.eps)
         return normed * self.weight[groups] + self.bias[groups]
 
 
@@ -144,17 +151,20 @@ class HSTUBlock(nn.Module):
         if num_groups:
             if self.tp_size > 1:
                 raise ValueError("MTGR ranking runs with tensor parallel size 1")
-            self.input_norm = GroupAffine(num_groups, config.hidden_size)
-            self.output_norm = GroupAffine(num_groups, total_heads * self.dv)
+            self.input_norm = GroupLayerNorm(num_groups, config.hidden_size, self.eps)
+            self.output_norm = GroupLayerNorm(
+                num_groups, total_heads * self.dv, self.eps
+            )
 
     def project(
         self, x: torch.Tensor, groups: torch.Tensor | int | None = None
     ) -> tuple[torch.Tensor, ...]:
         """(u, v, q, k) of each token, `[T, heads * dim]` each."""
         h, dqk, dv = self.heads, self.dqk, self.dv
-        normed = F.layer_norm(x, x.shape[-1:], eps=self.eps)
         if self.input_norm is not None:
-            normed = self.input_norm(normed, groups)
+            normed = self.input_norm(x, groups)
+        else:
+            normed = F.layer_norm(x, x.shape[-1:], eps=self.eps)
         uvqk, _ = self.uvqk_proj(normed)
         return F.silu(uvqk).split([h * dv, h * dv, h * dqk, h * dqk], dim=-1)
 
@@ -170,8 +180,7 @@ class HSTUBlock(nn.Module):
         h, dv = self.heads, self.dv
         if self.output_norm is not None:
             values = attention[..., :dv].reshape(-1, h * dv)
-            normed = F.layer_norm(values, values.shape[-1:], eps=self.eps)
-            gated = u * self.output_norm(normed, groups)
+            gated = u * self.output_norm(values, groups)
         elif self.tp_size == 1:
             gated = gated_layer_norm(attention, dv, u, self.eps)
         else:
