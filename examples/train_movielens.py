@@ -166,7 +166,7 @@ def build_model(arch: str, items: int) -> nn.Module:
     return model
 
 
-def _pad(rows: list[list[int]]) -> torch.Tensor:
+def pad(rows: list[list[int]]) -> torch.Tensor:
     width = max(len(r) for r in rows)
     return torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long)
 
@@ -193,10 +193,10 @@ def train_epoch(
     model.train()
     losses = []
     for batch in _length_batches(data, rng):
-        ids = _pad([s.items[:-1] for s in batch])
-        targets = _pad([s.items[1:] for s in batch])
-        key_times = _pad([s.times[:-1] for s in batch])
-        query_times = _pad([s.times[1:] for s in batch])  # the target's time
+        ids = pad([s.items[:-1] for s in batch])
+        targets = pad([s.items[1:] for s in batch])
+        key_times = pad([s.times[:-1] for s in batch])
+        query_times = pad([s.times[1:] for s in batch])  # the target's time
         out = model.encode(ids, key_times, query_times)
         mask = targets != 0
         positives = targets[mask]
@@ -227,9 +227,9 @@ def rank_targets(model: nn.Module, batch_queries: list[Query]) -> list[int]:
     items = normalize(model.item_embeddings())
     for start in range(0, len(batch_queries), 256):
         batch = batch_queries[start : start + 256]
-        ids = _pad([q.history for q in batch])
-        key_times = _pad([q.times for q in batch])
-        query_times = _pad([q.times[1:] + [q.target_time] for q in batch])
+        ids = pad([q.history for q in batch])
+        key_times = pad([q.times for q in batch])
+        query_times = pad([q.times[1:] + [q.target_time] for q in batch])
         out = model.encode(ids, key_times, query_times)
         last = out[
             torch.arange(len(batch)), torch.tensor([len(q.history) - 1 for q in batch])
@@ -242,7 +242,9 @@ def rank_targets(model: nn.Module, batch_queries: list[Query]) -> list[int]:
     return ranks
 
 
-def save_plot(history: dict, path: Path, title: str) -> None:
+def save_plot(
+    history: dict, path: Path, title: str, metrics=("HR@10", "NDCG@10")
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -251,7 +253,7 @@ def save_plot(history: dict, path: Path, title: str) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
     left.plot(history["epoch"], history["loss"])
     left.set(xlabel="epoch", ylabel="sampled softmax loss", title="training loss")
-    for name in ("HR@10", "NDCG@10"):
+    for name in metrics:
         right.plot(history["eval_epoch"], history[name], marker="o", label=name)
     right.set(xlabel="epoch", title="validation (all items, seen excluded)")
     right.legend()
