@@ -42,6 +42,7 @@ from attention_cases import (  # noqa: E402
     make_case,
     relative_error,
 )
+
 from vllm_mtgr.kernels.paged_torch import kernel_bias_tables  # noqa: E402
 from vllm_mtgr.kernels.paged_triton import (  # noqa: E402
     DECODE_SPLITS,

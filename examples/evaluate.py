@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from movielens import Query, load_sequences, metrics, queries
 from tqdm import tqdm
-from vllm_mtgr.kernels.reference import HSTUReference
 
+from vllm_mtgr.kernels.reference import HSTUReference
 from vllm_mtgr.prompts import history_prompt
 
 TOP_K = 50

@@ -37,6 +37,7 @@ from movielens import (
 )
 from torch import nn
 from tqdm import tqdm
+
 from vllm_mtgr.converters.meta_hstu import ConversionOptions, convert
 from vllm_mtgr.kernels.reference import HSTUReference, time_buckets
 

@@ -40,9 +40,9 @@ import torch.nn.functional as F
 from movielens import load_sequences, num_items, queries, train_sequences
 from tqdm import tqdm
 from train_movielens import BATCH, TEMPERATURE, build_model, normalize, pad, save_plot
-from vllm_mtgr.converters import semantic_ids
 
 from vllm_mtgr.code_trie import CodeTrie
+from vllm_mtgr.converters import semantic_ids
 
 MAX_ITEMS = 50  # history events kept (TIGER keeps 20)
 

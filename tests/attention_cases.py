@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
 from vllm_mtgr.kernels import HSTUAttentionParams
 from vllm_mtgr.kernels.reference import time_buckets
-
 from vllm_mtgr.slots import KEY_LIMIT_SLOTS, TIME_SLOTS, byte_slots, time_slots
 
 QUERY_CHUNK = 1024  # dense reference rows per step, to bound memory

@@ -32,11 +32,11 @@ else:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from safetensors.torch import save_file  # noqa: E402
+
+from vllm_mtgr.config import MTGRConfig  # noqa: E402
 from vllm_mtgr.converters import mtgr_ranking  # noqa: E402
 from vllm_mtgr.converters.meta_hstu import ConversionOptions, convert  # noqa: E402
 from vllm_mtgr.kernels.reference import HSTUReference, MTGRReference  # noqa: E402
-
-from vllm_mtgr.config import MTGRConfig  # noqa: E402
 
 # Small but not degenerate: 2 heads, q/k and v widths differ, 2 blocks.
 TINY = dict(

@@ -8,6 +8,7 @@ every token's value: each generation step then returns the served logits
 from __future__ import annotations
 
 import torch
+
 from vllm_mtgr.kernels.reference import HSTUReference
 
 TOLERANCE = 1e-4  # fp32 on CPU

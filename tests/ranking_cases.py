@@ -6,6 +6,7 @@ import random
 
 import torch
 from conftest import TINY_RANKING
+
 from vllm_mtgr.kernels.reference import MTGRReference
 
 TOLERANCE = 1e-4  # fp32 on CPU

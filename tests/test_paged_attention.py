@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 from attention_cases import make_candidate_case, make_case, relative_error
+
 from vllm_mtgr.kernels import candidate_attention, hstu_attention, write_kv_cache
 
 CASES = {

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from vllm_mtgr.converters import semantic_ids
 
 from vllm_mtgr.cli import main
+from vllm_mtgr.converters import semantic_ids
 
 EMBEDDED_MODEL = Path(__file__).resolve().parents[1] / "models" / "hstu-ml100k"
 

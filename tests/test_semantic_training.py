@@ -20,9 +20,9 @@ sys.path.insert(0, str(ROOT / "examples"))
 from movielens import Query  # noqa: E402
 from train_movielens import TEMPERATURE, build_model, normalize  # noqa: E402
 from train_semantic_ids import CodeVocabulary, beam_lists, expand  # noqa: E402
-from vllm_mtgr.converters import semantic_ids  # noqa: E402
 
 from vllm_mtgr.code_trie import beam_search  # noqa: E402
+from vllm_mtgr.converters import semantic_ids  # noqa: E402
 
 
 def _one_user_search(model, vocab: CodeVocabulary, query: Query, width: int):

@@ -20,6 +20,7 @@ from attention_cases import (  # noqa: E402
     make_case,
     relative_error,
 )
+
 from vllm_mtgr.kernels.paged_torch import (  # noqa: E402
     kernel_bias_tables,
     write_kv_cache,

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from server_process import free_port
+
 from vllm_mtgr.trt.names import INPUT, MODEL_NAME, OUTPUT
 
 http = pytest.importorskip(

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from vllm_mtgr.trt import onnx_export
-from vllm_mtgr.trt.triton_repository import MODEL_NAME, write_repository
 
 from vllm_mtgr.scoring_head import ScoringHead
+from vllm_mtgr.trt import onnx_export
+from vllm_mtgr.trt.triton_repository import MODEL_NAME, write_repository
 
 onnxruntime = pytest.importorskip(
     "onnxruntime", reason="needs onnx and onnxruntime (pip install onnx onnxruntime)"
