@@ -95,18 +95,25 @@ def write_kv_cache(
 
 
 def gated_layer_norm(
-    attention: torch.Tensor, value_dim: int, gate: torch.Tensor, eps: float
+    attention: torch.Tensor,
+    value_dim: int,
+    gate: torch.Tensor | None,
+    eps: float,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`gate * LayerNorm(attention[..., :value_dim])` over all heads of a token.
+    """`gate * (LayerNorm(attention[..., :value_dim]) * weight + bias)` over
+    all heads of a token (no gate: the norm alone; no weight: no affine).
 
-    `attention` is `[T, heads, width]`, `gate` `[T, heads * value_dim]`.
+    `attention` is `[T, heads, width]`; the result `[T, heads * value_dim]`.
     """
     if attention.is_cuda:
         from .paged_triton import gated_layer_norm as fused
 
-        return fused(attention, value_dim, gate, eps)
-    values = attention[..., :value_dim].reshape(gate.shape)
-    return gate * F.layer_norm(values, values.shape[-1:], eps=eps)
+        return fused(attention, value_dim, gate, eps, weight, bias)
+    values = attention[..., :value_dim].reshape(attention.shape[0], -1)
+    normed = F.layer_norm(values, values.shape[-1:], weight, bias, eps)
+    return normed if gate is None else gate * normed
 
 
 __all__ = [

@@ -17,7 +17,7 @@ Same contract as `paged_torch` (layout, positions, key-limit masks). Kernels:
   of all candidates of all requests (found by the same binary search, over
   `candidate_start`) against their request's cached history up to each one's
   key limit, plus each one's own key and value, passed beside the cache.
-* `_gated_layer_norm_kernel`: `u * LayerNorm(attention)`, reading the
+* `_layer_norm_kernel`: `u * (LayerNorm(attention) * w + b)`, reading the
   attention output straight from the `[T, heads, cache_head_size]` buffer.
 * `_write_kv_kernel`: stores new keys and values in their cache slots.
 
@@ -626,9 +626,10 @@ def _write_kv_kernel(
 
 
 @triton.jit
-def _gated_layer_norm_kernel(
-    X, U, OUT, stride_xt, stride_xh, stride_ut, stride_ot, eps,
+def _layer_norm_kernel(
+    X, U, W, B, OUT, stride_xt, stride_xh, stride_ut, stride_ot, eps,
     HEADS: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_GATE: tl.constexpr, HAS_AFFINE: tl.constexpr,
 ):  # fmt: skip
     token = tl.program_id(0).to(tl.int64)
     i = tl.arange(0, BLOCK)
@@ -640,8 +641,12 @@ def _gated_layer_norm_kernel(
     mean = tl.sum(x, axis=0) / width
     centred = tl.where(ok, x - mean, 0.0)
     var = tl.sum(centred * centred, axis=0) / width
-    u = tl.load(U + token * stride_ut + i, mask=ok, other=0.0).to(tl.float32)
-    y = u * centred * tl.rsqrt(var + eps)
+    y = centred * tl.rsqrt(var + eps)
+    if HAS_AFFINE:
+        y = y * tl.load(W + i, mask=ok, other=0.0).to(tl.float32)
+        y = y + tl.load(B + i, mask=ok, other=0.0).to(tl.float32)
+    if HAS_GATE:
+        y = y * tl.load(U + token * stride_ut + i, mask=ok, other=0.0).to(tl.float32)
     tl.store(OUT + token * stride_ot + i, y.to(OUT.dtype.element_ty), mask=ok)
 
 
@@ -881,25 +886,33 @@ def candidate_attention_triton(
 
 @torch.library.custom_op("vllm_mtgr::gated_layer_norm", mutates_args=())
 def gated_layer_norm(
-    attention: torch.Tensor, value_dim: int, gate: torch.Tensor, eps: float
+    attention: torch.Tensor,
+    value_dim: int,
+    gate: torch.Tensor | None,
+    eps: float,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`gate * LayerNorm(attention[..., :value_dim])` over all heads of a token.
+    """`gate * (LayerNorm(attention[..., :value_dim]) * weight + bias)` over
+    all heads of a token, in one pass; without `gate`, without the affine.
 
     `attention` is `[T, heads, width]` (width >= value_dim, any strides);
     `gate` and the result are `[T, heads * value_dim]`. A custom op, so that
     torch.compile treats the kernel launch as one opaque call.
     """
     tokens, heads = attention.shape[0], attention.shape[1]
-    out = torch.empty_like(gate)
+    out = attention.new_empty(tokens, heads * value_dim)
     if tokens:
-        _gated_layer_norm_kernel[(tokens,)](
-            attention, gate, out, attention.stride(0), attention.stride(1),
-            gate.stride(0), out.stride(0), eps, HEADS=heads, DV=value_dim,
+        _layer_norm_kernel[(tokens,)](
+            attention, gate, weight, bias, out, attention.stride(0),
+            attention.stride(1), 0 if gate is None else gate.stride(0),
+            out.stride(0), eps, HEADS=heads, DV=value_dim,
             BLOCK=triton.next_power_of_2(heads * value_dim),
+            HAS_GATE=gate is not None, HAS_AFFINE=weight is not None,
         )  # fmt: skip
     return out
 
 
 @gated_layer_norm.register_fake
-def _(attention: torch.Tensor, value_dim: int, gate: torch.Tensor, eps: float):
-    return torch.empty_like(gate)
+def _(attention, value_dim, gate, eps, weight=None, bias=None):
+    return attention.new_empty(attention.shape[0], attention.shape[1] * value_dim)

@@ -173,15 +173,21 @@ def test_candidate_kernel(dtype, page, history_lens, counts, dqk, dv, at_request
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_gated_layer_norm(dtype):
+@pytest.mark.parametrize("affine", [False, True], ids=["plain", "affine"])
+@pytest.mark.parametrize("gated", [False, True], ids=["no_gate", "gate"])
+def test_gated_layer_norm(dtype, affine, gated):
     heads, dv, width = 3, 24, 32
     attention = torch.randn(7, heads, width, device=DEVICE, dtype=dtype)
-    gate = torch.randn(7, heads * dv, device=DEVICE, dtype=dtype)
+    gate = torch.randn(7, heads * dv, device=DEVICE, dtype=dtype) if gated else None
+    weight = torch.randn(heads * dv, device=DEVICE) if affine else None
+    bias = torch.randn(heads * dv, device=DEVICE) if affine else None
     values = attention[..., :dv].reshape(7, heads * dv).float()
-    expected = gate.float() * torch.nn.functional.layer_norm(
-        values, [heads * dv], eps=1e-6
+    expected = torch.nn.functional.layer_norm(
+        values, [heads * dv], weight, bias, eps=1e-6
     )
-    got = gated_layer_norm(attention, dv, gate, 1e-6)
+    if gated:
+        expected = gate.float() * expected
+    got = gated_layer_norm(attention, dv, gate, 1e-6, weight, bias)
     assert relative_error(got, expected) < TOLERANCE[dtype]
 
 

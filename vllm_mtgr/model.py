@@ -94,14 +94,23 @@ class GroupLayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(groups, width))
         self.bias = nn.Parameter(torch.zeros(groups, width))
 
-    def forward(self, x: torch.Tensor, groups: torch.Tensor | int) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        groups: torch.Tensor | int,
+        gate: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`gate * (LayerNorm(x) * weight[group] + bias[group])`, `[T, width]`,
+        for `x` `[T, heads, dim]` normed over heads * dim (no gate: without)."""
         if isinstance(groups, int):
-            # One group (the candidates): the affine fused into the norm, one
-            # kernel instead of three over the pass's ~65k rows.
+            # One group (the candidates): norm, affine and gate in one kernel
+            # over the pass's ~65k rows, instead of four.
             weight, bias = self.weight[groups], self.bias[groups]
-            return F.layer_norm(x, x.shape[-1:], weight, bias, self.eps)
-        normed = F.layer_norm(x, x.shape[-1:], eps=self.eps)
-        return normed * self.weight[groups] + self.bias[groups]
+            return gated_layer_norm(x, x.shape[-1], gate, self.eps, weight, bias)
+        flat = x.reshape(x.shape[0], -1)
+        normed = F.layer_norm(flat, flat.shape[-1:], eps=self.eps)
+        normed = normed * self.weight[groups] + self.bias[groups]
+        return normed if gate is None else gate * normed
 
 
 class HSTUBlock(nn.Module):
@@ -162,7 +171,7 @@ class HSTUBlock(nn.Module):
         """(u, v, q, k) of each token, `[T, heads * dim]` each."""
         h, dqk, dv = self.heads, self.dqk, self.dv
         if self.input_norm is not None:
-            normed = self.input_norm(x, groups)
+            normed = self.input_norm(x[:, None], groups)
         else:
             normed = F.layer_norm(x, x.shape[-1:], eps=self.eps)
         uvqk, _ = self.uvqk_proj(normed)
@@ -179,8 +188,7 @@ class HSTUBlock(nn.Module):
         with each head's values first."""
         h, dv = self.heads, self.dv
         if self.output_norm is not None:
-            values = attention[..., :dv].reshape(-1, h * dv)
-            gated = u * self.output_norm(values, groups)
+            gated = self.output_norm(attention[..., :dv], groups, u)
         elif self.tp_size == 1:
             gated = gated_layer_norm(attention, dv, u, self.eps)
         else:
