@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
+import os
 import platform
 import random
 import statistics
@@ -47,11 +49,15 @@ import numpy as np
 import torch
 
 # This folder holds kernels.py, which would shadow the `kernels` package that
-# vLLM tries to import for some models (the Llama): keep it off the path.
+# vLLM tries to import for some models (the Llama): keep it off the path, and
+# load report.py beside this file by its path. (An engine core that vLLM
+# starts by spawning, as on CPU, re-runs this module with this path.)
 HERE = Path(__file__).resolve().parent
-from report import markdown_table  # noqa: E402  (before HERE leaves the path)
-
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+_report = importlib.util.spec_from_file_location("report", HERE / "report.py")
+report = importlib.util.module_from_spec(_report)
+_report.loader.exec_module(report)
+markdown_table = report.markdown_table
 
 CAPTURE_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 SECTIONS = ("retrieval", "peer", "peer-server", "recsys")
@@ -472,7 +478,7 @@ def as_binary(user: dict) -> dict:
 
 
 def peer_engine(model: Path, work: Workload, block_size: int | None = None):
-    """(`LLM`, config, tokens per forward): every peer user in one step.
+    """(`LLM`, config, tokens per forward): room for every peer user in one step.
 
     Candidates are not prompt tokens: a step holds the users' histories; the
     tokens per forward count histories and candidates, as Meta's do."""
@@ -491,7 +497,16 @@ def peer_engine(model: Path, work: Workload, block_size: int | None = None):
     return LLM(**kwargs), config, step_tokens
 
 
-def peer_section(model: Path, work: Workload, block_size: int) -> dict:
+def peer_section(
+    model: Path, work: Workload, block_size: int, in_process: bool
+) -> dict:
+    """The peer users through `LLM.encode`, its engine core in its own process
+    (vLLM's default) or in this one. In its own process the core starts a
+    step as soon as the first user arrives, while the others are still being
+    added: 1 user, then 31 (seen with a print in the pooler, 2026-12-02). In
+    this process all 32 are added before the one step."""
+    if in_process:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     llm, config, step_tokens = peer_engine(model, work, block_size)
     rng = random.Random(3)
 
@@ -520,6 +535,7 @@ def peer_section(model: Path, work: Workload, block_size: int) -> dict:
         "cold_over_peer": 1e3 * cold_s / PEER_MS,
         "inputs": "NumPy arrays (offline API)",
         "candidates_are_tokens": False,
+        "engine_core": "in process" if in_process else "own process",
     }
 
 
@@ -708,7 +724,8 @@ def section_main(args: argparse.Namespace) -> None:
     if kind == "retrieval":
         out = asyncio.run(retrieval_section(models[arg], work, arg == "mtgr", rates))
     elif kind == "peer":
-        out = peer_section(models["ranking"], work, int(arg))
+        size, _, in_process = arg.partition(":")
+        out = peer_section(models["ranking"], work, int(size), in_process == "1")
     elif kind == "peer-server":
         out = peer_server_section(models["ranking"], work)
     else:
@@ -810,7 +827,9 @@ def run(work: Workload, models: dict, skip: list[str]) -> tuple[list[str], dict]
         )
     if "peer" not in skip:
         peer = [
-            run_section(f"peer:{size}", work, models) for size in work.peer_block_sizes
+            run_section(f"peer:{size}:{in_process}", work, models)
+            for size in work.peer_block_sizes
+            for in_process in (0, 1)
         ]
         raw["peer"] = peer
         report.append(
