@@ -14,9 +14,10 @@ approximates the item's vector). TIGER's RQ-VAE earns its encoder on
 embeddings (what users co-consume) and, optionally, the items' attributes
 (brand, categories: what an item is), which need no learned compression.
 
-Files written into a model directory (`write`): `semantic_ids.safetensors`
-with `codebooks` `[levels, codes, dim]` float32 and `codes`
-`[num_items, levels + 1]` int64 (row i: item i + 1, as item token ids).
+Files written into a model directory (`write`): `semantic_ids/codes.safetensors`
+(in a folder of its own: vLLM loads every top-level `*.safetensors` file of
+a model directory as weights) with `codebooks` `[levels, codes, dim]`
+float32 and `codes` `[num_items, levels + 1]` int64 (row i: item i + 1).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-FILE_NAME = "semantic_ids.safetensors"
+FILE_NAME = "semantic_ids/codes.safetensors"
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,7 @@ def read_attributes(path: Path) -> dict[int, list[int]]:
 def write(ids: SemanticIds, directory: Path) -> Path:
     """Write `FILE_NAME` into the model directory `directory`."""
     path = Path(directory) / FILE_NAME
+    path.parent.mkdir(exist_ok=True)
     save_file({"codebooks": ids.codebooks, "codes": ids.codes}, str(path))
     return path
 

@@ -41,41 +41,17 @@ from movielens import load_sequences, num_items, queries, train_sequences
 from tqdm import tqdm
 from train_movielens import BATCH, TEMPERATURE, build_model, normalize, pad, save_plot
 
-from vllm_mtgr.code_trie import CodeTrie
+from vllm_mtgr.code_trie import CodeTokens
 from vllm_mtgr.converters import semantic_ids
 
 MAX_ITEMS = 50  # history events kept (TIGER keeps 20)
 
 
-class CodeVocabulary:
-    """Item <-> code tokens: `codes` `[items, levels]` (row i: item i + 1)."""
-
-    def __init__(self, codes: torch.Tensor) -> None:
-        self.codes = codes
-        self.sizes = [int(codes[:, level].max()) + 1 for level in range(codes.shape[1])]
-        self.levels = len(self.sizes)
-        self.offsets = torch.tensor([0, *self.sizes[:-1]]).cumsum(0) + 1
-        self.num_tokens = sum(self.sizes)
-        self.trie = CodeTrie(codes, self.sizes)
-
-    def tokens(self, items: list[int]) -> list[int]:
-        """The token stream of a history: each item's codes, level by level."""
-        return (self.codes[torch.tensor(items) - 1] + self.offsets).flatten().tolist()
-
-    def level_of(self, token: torch.Tensor) -> torch.Tensor:
-        return (token[..., None] >= self.offsets).sum(-1) - 1
-
-    def level_mask(self) -> torch.Tensor:
-        """`[levels, num_tokens + 1]`: the token columns of each level."""
-        columns = torch.arange(self.num_tokens + 1)
-        return self.level_of(columns)[None, :] == torch.arange(self.levels)[:, None]
-
-
-def expand(items: list[int], times: list[int], vocab: CodeVocabulary):
+def expand(items: list[int], times: list[int], vocab: CodeTokens):
     return vocab.tokens(items), [t for t in times for _ in range(vocab.levels)]
 
 
-def train_epoch(model, data, vocab: CodeVocabulary, optimizer, rng) -> float:
+def train_epoch(model, data, vocab: CodeTokens, optimizer, rng) -> float:
     model.train()
     order = sorted(data, key=lambda s: len(s.items))
     batches = [order[i : i + BATCH] for i in range(0, len(order), BATCH)]
@@ -102,7 +78,7 @@ def train_epoch(model, data, vocab: CodeVocabulary, optimizer, rng) -> float:
 
 
 @torch.no_grad()
-def beam_ranks(model, batch_queries, vocab: CodeVocabulary, width: int) -> list[int]:
+def beam_ranks(model, batch_queries, vocab: CodeTokens, width: int) -> list[int]:
     """0-based rank of each target in its user's constrained beam list (the
     list's length when the target is not in it); history items excluded."""
     model.eval()
@@ -121,7 +97,7 @@ def beam_ranks(model, batch_queries, vocab: CodeVocabulary, width: int) -> list[
 
 @torch.no_grad()
 def beam_lists(
-    model, chunk, vocab: CodeVocabulary, width: int
+    model, chunk, vocab: CodeTokens, width: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(items, summed log-probabilities) `[users, width]` each, best first,
     of a constrained beam search per user (`vllm_mtgr.code_trie.beam_search`
@@ -215,7 +191,7 @@ def main() -> None:
     if len(ids.codes) != items:
         raise SystemExit(f"{args.item_model}: codes for {len(ids.codes)} items, "
                          f"Beauty has {items}")  # fmt: skip
-    vocab = CodeVocabulary(ids.codes)
+    vocab = CodeTokens(ids.codes)
     print(f"codes: {items} items, tokens per level {vocab.sizes}")
     data = train_sequences(sequences, MAX_ITEMS)
     valid = rng.sample(queries(sequences, "valid", MAX_ITEMS), args.valid_users)

@@ -19,13 +19,13 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from movielens import Query  # noqa: E402
 from train_movielens import TEMPERATURE, build_model, normalize  # noqa: E402
-from train_semantic_ids import CodeVocabulary, beam_lists, expand  # noqa: E402
+from train_semantic_ids import beam_lists, expand  # noqa: E402
 
-from vllm_mtgr.code_trie import beam_search  # noqa: E402
+from vllm_mtgr.code_trie import CodeTokens, beam_search  # noqa: E402
 from vllm_mtgr.converters import semantic_ids  # noqa: E402
 
 
-def _one_user_search(model, vocab: CodeVocabulary, query: Query, width: int):
+def _one_user_search(model, vocab: CodeTokens, query: Query, width: int):
     tokens, times = expand(query.history, query.times, vocab)
     table = normalize(model.item_embeddings())
 
@@ -51,7 +51,7 @@ def test_batched_search_equals_one_user_search(width):
     torch.manual_seed(width)
     items = 300
     ids = semantic_ids.build(torch.randn(items, 8), levels=2, codes_per_level=12)
-    vocab = CodeVocabulary(ids.codes)
+    vocab = CodeTokens(ids.codes)
     model = build_model("hstu", vocab.num_tokens).eval()
     length = 6
     users = [

@@ -15,6 +15,33 @@ from __future__ import annotations
 import torch
 
 
+class CodeTokens:
+    """A semantic-ID model's vocabulary: code c of level l is token id
+    `1 + offset[l] + c` (0 pads, as item ids do), levels one after another;
+    an item is its code's tokens in level order. `codes` `[items, levels]`
+    (row i: item i + 1), e.g. `converters.semantic_ids.read(...).codes`."""
+
+    def __init__(self, codes: torch.Tensor) -> None:
+        self.codes = codes
+        self.trie = CodeTrie(codes)
+        self.sizes = self.trie.sizes
+        self.levels = len(self.sizes)
+        self.offsets = torch.tensor([0, *self.sizes[:-1]]).cumsum(0) + 1
+        self.num_tokens = sum(self.sizes)
+
+    def tokens(self, items: list[int]) -> list[int]:
+        """The token stream of a history: each item's codes, level by level."""
+        return (self.codes[torch.tensor(items) - 1] + self.offsets).flatten().tolist()
+
+    def level_of(self, token: torch.Tensor) -> torch.Tensor:
+        return (token[..., None] >= self.offsets).sum(-1) - 1
+
+    def level_mask(self) -> torch.Tensor:
+        """`[levels, num_tokens + 1]`: the token columns of each level."""
+        columns = torch.arange(self.num_tokens + 1)
+        return self.level_of(columns)[None, :] == torch.arange(self.levels)[:, None]
+
+
 class CodeTrie:
     """Trie over `codes` (`[num_items, levels]`, row i: item i + 1)."""
 
