@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import time
 from itertools import groupby
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from movielens import load_sequences, num_items, queries, train_sequences
+from movielens import load_sequences, metrics, num_items, queries, train_sequences
 from tqdm import tqdm
 from train_movielens import BATCH, TEMPERATURE, build_model, normalize, pad, save_plot
 
@@ -158,13 +157,13 @@ def beam_lists(
 
 
 def metrics_at(ranks: list[int]) -> dict[str, float]:
-    """Recall@k and NDCG@k (one target per query), TIGER's k = 5, 10."""
-    out = {}
-    for k in (5, 10):
-        hits = [r for r in ranks if r < k]
-        out[f"Recall@{k}"] = len(hits) / len(ranks)
-        out[f"NDCG@{k}"] = sum(1 / math.log2(r + 2) for r in hits) / len(ranks)
-    return out
+    """`movielens.metrics` at TIGER's k = 5, 10, under TIGER's names (with one
+    target per query, HR@k is Recall@k)."""
+    return {
+        name.replace("HR@", "Recall@"): value
+        for name, value in metrics(ranks).items()
+        if not name.endswith("@50")
+    }
 
 
 def main() -> None:

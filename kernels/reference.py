@@ -452,11 +452,7 @@ class MTGRReference(nn.Module):
 
 
 def constrained_beam_search(
-    step,
-    codes: torch.Tensor,
-    width: int,
-    seen: Collection[int] = (),
-    renormalize: bool = False,
+    step, codes: torch.Tensor, width: int, seen: Collection[int] = ()
 ) -> list[tuple[int, float]]:
     """The oracle of semantic-ID decoding: (item, summed log-probability)
     pairs, best first, of a beam search of `width` over `codes` (`[items,
@@ -464,10 +460,7 @@ def constrained_beam_search(
 
     One beam at a time, with the valid next tokens read off the code table
     itself (no prefix structure), so that it shares nothing with the served
-    path. `step(tokens)` as in `vllm_mtgr.code_trie.beam_search`. With
-    `renormalize`, each step's log-probabilities are normalised over the
-    tokens allowed there (what a served model reports once its logits
-    outside the table are -inf).
+    path. `step(tokens)` as in `vllm_mtgr.code_trie.beam_search`.
     """
     rows = codes.tolist()
     beams: list[tuple[float, tuple[int, ...]]] = [(0.0, ())]
@@ -481,8 +474,6 @@ def constrained_beam_search(
                 if tuple(row[:depth]) == prefix
                 and (depth < codes.shape[1] - 1 or item not in seen)
             }
-            if renormalize and nexts:
-                logp = logp - torch.logsumexp(logp[sorted(nexts)], 0)
             candidates += [(score + float(logp[t]), (*prefix, t)) for t in nexts]
         candidates.sort(key=lambda c: -c[0])
         beams = candidates[:width]
