@@ -21,6 +21,7 @@ import math
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -263,6 +264,43 @@ def save_plot(
     fig.savefig(path, dpi=110)
 
 
+def fit(
+    model: nn.Module,
+    train: Callable[[], float],
+    evaluate: Callable[[], dict[str, float]],
+    args: argparse.Namespace,
+    desc: str,
+) -> tuple[dict[str, list], int]:
+    """Epochs of `train` (returns the loss), `evaluate` (validation metrics)
+    every `args.eval_every` and at the end, stopping after `args.patience`
+    evaluations without a better NDCG@10; the model is left at its best
+    epoch. Returns the curves for `save_plot` and the best epoch."""
+    history: dict[str, list] = {"epoch": [], "loss": [], "eval_epoch": []}
+    best, best_state, best_epoch, stale = -1.0, None, 0, 0
+    progress = tqdm(range(1, args.epochs + 1), desc=desc)
+    for epoch in progress:
+        loss = train()
+        history["epoch"].append(epoch)
+        history["loss"].append(loss)
+        if epoch % args.eval_every and epoch != args.epochs:
+            progress.set_postfix(loss=f"{loss:.3f}")
+            continue
+        scores = evaluate()
+        history["eval_epoch"].append(epoch)
+        for name, value in scores.items():
+            history.setdefault(name, []).append(value)
+        progress.set_postfix(loss=f"{loss:.3f}", ndcg10=f"{scores['NDCG@10']:.4f}")
+        if scores["NDCG@10"] > best:
+            best, stale, best_epoch = scores["NDCG@10"], 0, epoch
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= args.patience:
+                break
+    model.load_state_dict(best_state)
+    return history, best_epoch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dataset", choices=DATASETS, default="ml-100k")
@@ -285,31 +323,14 @@ def main() -> None:
     test = queries(sequences, "test", MAX_LEN)
     model = build_model(args.arch, items)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.98))
-    history: dict[str, list] = {"epoch": [], "loss": [], "eval_epoch": []}
-    best, best_state, stale = -1.0, None, 0
     started = time.time()
-    progress = tqdm(range(1, args.epochs + 1), desc=f"{args.arch} {args.dataset}")
-    for epoch in progress:
-        loss = train_epoch(model, data, optimizer, items, rng)
-        history["epoch"].append(epoch)
-        history["loss"].append(loss)
-        if epoch % args.eval_every and epoch != args.epochs:
-            progress.set_postfix(loss=f"{loss:.3f}")
-            continue
-        scores = metrics(rank_targets(model, valid))
-        history["eval_epoch"].append(epoch)
-        for name, value in scores.items():
-            history.setdefault(name, []).append(value)
-        progress.set_postfix(loss=f"{loss:.3f}", ndcg10=f"{scores['NDCG@10']:.4f}")
-        if scores["NDCG@10"] > best:
-            best, stale = scores["NDCG@10"], 0
-            best_state = {k: v.clone() for k, v in model.state_dict().items()}
-            best_epoch = epoch
-        else:
-            stale += 1
-            if stale >= args.patience:
-                break
-    model.load_state_dict(best_state)
+    history, best_epoch = fit(
+        model,
+        lambda: train_epoch(model, data, optimizer, items, rng),
+        lambda: metrics(rank_targets(model, valid)),
+        args,
+        f"{args.arch} {args.dataset}",
+    )
     result = {
         "dataset": args.dataset,
         "arch": args.arch,

@@ -37,8 +37,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from movielens import load_sequences, metrics, num_items, queries, train_sequences
-from tqdm import tqdm
-from train_movielens import BATCH, TEMPERATURE, build_model, normalize, pad, save_plot
+from train_movielens import (
+    BATCH,
+    TEMPERATURE,
+    build_model,
+    fit,
+    normalize,
+    pad,
+    save_plot,
+)
 
 from vllm_mtgr.code_trie import CodeTokens
 from vllm_mtgr.converters import semantic_ids
@@ -199,29 +206,13 @@ def main() -> None:
     # model's 211 positions.
     model = build_model("hstu", vocab.num_tokens)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.98))
-    history: dict[str, list] = {"epoch": [], "loss": [], "eval_epoch": []}
-    best, best_state, best_epoch, stale = -1.0, None, 0, 0
-    progress = tqdm(range(1, args.epochs + 1), desc="semantic-ID HSTU beauty")
-    for epoch in progress:
-        loss = train_epoch(model, data, vocab, optimizer, rng)
-        history["epoch"].append(epoch)
-        history["loss"].append(loss)
-        if epoch % args.eval_every and epoch != args.epochs:
-            progress.set_postfix(loss=f"{loss:.3f}")
-            continue
-        scores = metrics_at(beam_ranks(model, valid, vocab, args.beam))
-        history["eval_epoch"].append(epoch)
-        for name, value in scores.items():
-            history.setdefault(name, []).append(value)
-        progress.set_postfix(loss=f"{loss:.3f}", ndcg10=f"{scores['NDCG@10']:.4f}")
-        if scores["NDCG@10"] > best:
-            best, stale, best_epoch = scores["NDCG@10"], 0, epoch
-            best_state = {k: v.clone() for k, v in model.state_dict().items()}
-        else:
-            stale += 1
-            if stale >= args.patience:
-                break
-    model.load_state_dict(best_state)
+    history, best_epoch = fit(
+        model,
+        lambda: train_epoch(model, data, vocab, optimizer, rng),
+        lambda: metrics_at(beam_ranks(model, valid, vocab, args.beam)),
+        args,
+        "semantic-ID HSTU beauty",
+    )
     result = {
         "dataset": "beauty",
         "arch": "hstu-semantic-ids",
