@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vllm_mtgr.arrays import floats, integers
+from vllm_mtgr.behaviors import Behaviors, parse_behaviors
 from vllm_mtgr.config import MTGRConfig
 from vllm_mtgr.errors import RequestError
 from vllm_mtgr.events import MAX_TIMESTAMP
@@ -43,18 +44,7 @@ NUM_GROUPS = 4
 REQUEST_FIELDS = frozenset(
     {"profile", "history", "realtime", "candidates", "request_timestamp"}
 )
-BEHAVIOR_FIELDS = frozenset({"items", "timestamps", "actions"})
 CANDIDATE_FIELDS = frozenset({"items", "features", "timestamps"})
-
-_NO_EVENTS = np.zeros(0, dtype=np.int64)
-
-
-# eq=False: these hold arrays, and are never compared.
-@dataclass(frozen=True, eq=False)
-class Behaviors:
-    items: np.ndarray  # int64
-    timestamps: np.ndarray  # int64, in time order
-    actions: np.ndarray  # int64
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,43 +80,6 @@ class RankingRequest:
         return self.context_end + len(self.realtime.items)
 
 
-def _behaviors(name: str, data: object, config: MTGRConfig) -> Behaviors:
-    if data is None:
-        return Behaviors(_NO_EVENTS, _NO_EVENTS, _NO_EVENTS)
-    if not isinstance(data, Mapping):
-        raise RequestError(f"`{name}` must be an object with items", name)
-    unknown = set(data) - BEHAVIOR_FIELDS
-    if unknown:
-        raise RequestError(f"unknown fields in `{name}`: {sorted(unknown)}", name)
-    items = integers(f"{name}.items", data.get("items", []), 1, config.num_items)
-    times = integers(f"{name}.timestamps", data.get("timestamps", []), 0, MAX_TIMESTAMP)
-    if len(times) != len(items):
-        raise RequestError(
-            f"`{name}.timestamps` has {len(times)} values for {len(items)} items",
-            f"{name}.timestamps",
-        )
-    if (times[1:] < times[:-1]).any():
-        raise RequestError(
-            f"`{name}.timestamps` must be in time order", f"{name}.timestamps"
-        )
-    actions = np.zeros(len(items), dtype=np.int64)
-    if data.get("actions") is not None:
-        if not config.num_action_types:
-            raise RequestError(
-                f"`{name}.actions` given, but this model has no action types",
-                f"{name}.actions",
-            )
-        actions = integers(
-            f"{name}.actions", data["actions"], 0, config.num_action_types - 1
-        )
-        if len(actions) != len(items):
-            raise RequestError(
-                f"`{name}.actions` has {len(actions)} values for {len(items)} items",
-                f"{name}.actions",
-            )
-    return Behaviors(items, times, actions)
-
-
 def _features(data: object, count: int, width: int) -> np.ndarray:
     """`[count, width]` float32 cross features; errors name the first bad row."""
     if width == 0:
@@ -155,8 +108,10 @@ def parse_ranking_request(data: object, config: MTGRConfig) -> RankingRequest:
             f"{config.num_profile_features}",
             "profile",
         )
-    history = _behaviors("history", data.get("history"), config)
-    realtime = _behaviors("realtime", data.get("realtime"), config)
+    history = parse_behaviors("history", data.get("history"), config.num_items,
+                              config.num_action_types)  # fmt: skip
+    realtime = parse_behaviors("realtime", data.get("realtime"), config.num_items,
+                               config.num_action_types)  # fmt: skip
     if len(history.timestamps) and len(realtime.timestamps):
         if realtime.timestamps[0] < history.timestamps[-1]:
             raise RequestError(

@@ -26,10 +26,9 @@ from typing import Any
 from vllm import PoolingParams
 from vllm.plugins.io_processors.interface import IOProcessor
 
-from vllm_mtgr.errors import RequestError
 from vllm_mtgr.ranking_multimodal import MODALITY
 from vllm_mtgr.ranking_request import RankingRequest, parse_ranking_request, token_ids
-from vllm_mtgr.serving.limits import max_users_per_request
+from vllm_mtgr.serving.limits import max_users_per_request, parse_users
 
 PLUGIN_NAME = "mtgr_ranking"
 
@@ -46,27 +45,10 @@ class RankingIOProcessor(IOProcessor):
         self.max_users = max_users_per_request()
 
     def parse_data(self, data: object) -> list[RankingRequest]:
-        batch = data if isinstance(data, list) else [data]
-        if not batch:
-            raise RequestError("`data` holds no ranking request", "data")
-        if len(batch) > self.max_users:
-            raise RequestError(
-                f"`data` holds {len(batch)} users, above this server's limit of "
-                f"{self.max_users} per request (`vllm-mtgr serve "
-                "--max-users-per-request`); split the request",
-                "data",
-            )
-        requests = []
-        for i, raw in enumerate(batch):
-            try:
-                requests.append(parse_ranking_request(raw, self.config))
-            except RequestError as error:
-                if not isinstance(data, list):
-                    raise
-                # Name the user, so a client can drop or fix just that one.
-                field = f"data[{i}].{error.parameter}" if error.parameter else None
-                raise RequestError(f"data[{i}]: {error.args[0]}", field) from None
-        return requests
+        def parse(raw: object) -> RankingRequest:
+            return parse_ranking_request(raw, self.config)
+
+        return parse_users(data, parse, self.max_users, "ranking")
 
     def merge_pooling_params(self, params: PoolingParams | None = None):
         params = params or PoolingParams()
