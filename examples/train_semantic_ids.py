@@ -47,6 +47,7 @@ from train_movielens import (
     save_plot,
 )
 
+from vllm_mtgr.beams import next_beams, seen_keys
 from vllm_mtgr.code_trie import CodeTokens
 from vllm_mtgr.converters import semantic_ids
 
@@ -115,9 +116,7 @@ def beam_lists(
     history = torch.tensor([tokens for tokens, _ in streams])
     times = torch.tensor([t for _, t in streams])
     target_time = torch.tensor([q.target_time for q in chunk])
-    seen = torch.zeros(users, len(trie.items) + 1, dtype=torch.bool)
-    for row, q in enumerate(chunk):
-        seen[row, q.history] = True
+    seen = seen_keys([torch.tensor(q.history) for q in chunk], len(trie.items))
     nodes = torch.zeros(users, 1, dtype=torch.long)
     scores = torch.zeros(users, 1)
     beam_tokens = torch.zeros(users, 1, 0, dtype=torch.long)
@@ -136,29 +135,11 @@ def beam_lists(
         lo = int(vocab.offsets[depth])
         logits = out @ table[lo : lo + vocab.sizes[depth]].T / TEMPERATURE
         logp = logits.log_softmax(-1).view(users, beams, -1)
-        flat_nodes = nodes.flatten()
-        mask = trie.allowed(flat_nodes, depth)
-        if depth == vocab.levels - 1:
-            rows, tokens = mask.nonzero(as_tuple=True)
-            items = trie.item(trie.advance(flat_nodes[rows], tokens, depth))
-            mask[rows, tokens] = ~seen[rows // beams, items]
-        mask = mask.view(users, beams, -1)
-        total = torch.where(mask, scores[..., None] + logp, float("-inf"))
-        keep = min(width, total.shape[1] * total.shape[2])
-        best, flat = total.flatten(1).topk(keep, dim=1)
-        beam, token = flat // mask.shape[-1], flat % mask.shape[-1]
-        parent = nodes.gather(1, beam)
-        # A beam past its user's last valid one (score -inf) stays -inf; its
-        # node is only kept inside the table.
-        nodes = trie.advance(parent.flatten(), token.flatten(), depth)
-        nodes = nodes.clamp(max=len(trie.tokens[depth]) - 1).view(users, -1)
-        scores = best
+        step = next_beams(trie, depth, nodes, scores, logp, width, seen=seen)
+        nodes, scores = step.nodes, step.scores
+        parents = step.parents[..., None].expand(-1, -1, depth)
         beam_tokens = torch.cat(
-            [
-                beam_tokens.gather(1, beam[..., None].expand(-1, -1, depth)),
-                (token + lo)[..., None],
-            ],
-            -1,
+            [beam_tokens.gather(1, parents), (step.tokens + lo)[..., None]], -1
         )
     return trie.item(nodes), scores
 

@@ -33,6 +33,14 @@ class CodeTokens:
         """The token stream of a history: each item's codes, level by level."""
         return (self.codes[torch.tensor(items) - 1] + self.offsets).flatten().tolist()
 
+    def items_of(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The item of each row of code tokens (`[n, levels]`); 0 where a
+        row is the code of no item."""
+        codes = tokens.cpu().long() - self.offsets
+        match = (codes[:, None, :] == self.codes[None, :, :]).all(-1)
+        found = match.any(1)
+        return torch.where(found, match.float().argmax(1) + 1, 0)
+
     def level_of(self, token: torch.Tensor) -> torch.Tensor:
         return (token[..., None] >= self.offsets).sum(-1) - 1
 
@@ -76,6 +84,9 @@ class CodeTrie:
             self.first.append(torch.cumsum(count, 0) - count)
             self.tokens.append(prefixes[:, -1])
             parents = node
+        # Most children of a node per depth: fixed, so the device never has
+        # to tell the host how wide a beam step's tables are.
+        self.most = [int(count.max()) for count in self.count]
         # Leaves in node order -> item ids (unique prefixes of full length).
         self.items = torch.empty(codes.shape[0], dtype=torch.long)
         self.items[parents] = torch.arange(1, codes.shape[0] + 1)
@@ -92,8 +103,7 @@ class CodeTrie:
         first, count = self.first[depth][nodes], self.count[depth][nodes]
         mask = torch.zeros(len(nodes), self.sizes[depth], dtype=torch.bool,
                            device=nodes.device)  # fmt: skip
-        most = int(count.max()) if len(nodes) else 0
-        offsets = torch.arange(most, device=nodes.device)
+        offsets = torch.arange(self.most[depth], device=nodes.device)
         child = first[:, None] + offsets[None, :]
         real = offsets[None, :] < count[:, None]
         tokens = self.tokens[depth][child.clamp(max=len(self.tokens[depth]) - 1)]
@@ -109,7 +119,7 @@ class CodeTrie:
         first, count = self.first[depth][nodes], self.count[depth][nodes]
         children = self.tokens[depth]
         lo, hi = first, first + count
-        for _ in range(int(count.max()).bit_length() + 1):
+        for _ in range(self.most[depth].bit_length() + 1):
             mid = (lo + hi) // 2
             less = children[mid.clamp(max=len(children) - 1)] < tokens
             active = lo < hi
