@@ -30,6 +30,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 FILE_NAME = "semantic_ids/codes.safetensors"
+ARCHITECTURE = "MTGRForSemanticRetrieval"
+PLUGIN_NAME = "mtgr_semantic"  # the /pooling IO processor, vllm_mtgr.serving.semantic
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,37 @@ def write(ids: SemanticIds, directory: Path) -> Path:
     path.parent.mkdir(exist_ok=True)
     save_file({"codebooks": ids.codebooks, "codes": ids.codes}, str(path))
     return path
+
+
+def make_model(directory: Path, ids: SemanticIds, max_beam_width: int = 256) -> Path:
+    """Turn an HSTU model directory over `ids`' code tokens (its items are
+    the tokens, `vllm_mtgr.code_trie.CodeTokens`: `num_items` = the sum of
+    `level_sizes()`) into a semantic-ID retrieval model: the codes, the
+    architecture, the `/pooling` plugin, code-token names in the tokenizer."""
+    from vllm_mtgr.config import ConfigError, MTGRConfig
+    from vllm_mtgr.tokenizer import code_token_names, write_tokenizer
+
+    directory = Path(directory)
+    config = MTGRConfig.from_pretrained(directory)
+    sizes = ids.level_sizes()
+    if config.num_items != sum(sizes):
+        raise ConfigError(
+            f"{directory}/config.json `num_items` is {config.num_items}; the codes "
+            f"(levels {sizes}) make {sum(sizes)} tokens: train the model over them"
+        )
+    config.architectures = [ARCHITECTURE]
+    config.io_processor_plugin = PLUGIN_NAME
+    config.max_beam_width = max_beam_width
+    config.save_pretrained(directory)
+    write_tokenizer(directory, config.num_items, config.max_position_embeddings,
+                    names=code_token_names(sizes))  # fmt: skip
+    write(ids, directory)
+    return directory
+
+
+def has_codes(directory: str | Path) -> bool:
+    """Whether a model directory is a semantic-ID model (holds its codes)."""
+    return (Path(directory) / FILE_NAME).is_file()
 
 
 def read(directory: Path) -> SemanticIds:

@@ -9,6 +9,7 @@ from __future__ import annotations
 ARCHITECTURES = {
     "MTGRForCausalLM": "vllm_mtgr.model:MTGRForCausalLM",
     "MTGRForRanking": "vllm_mtgr.ranking:MTGRForRanking",
+    "MTGRForSemanticRetrieval": "vllm_mtgr.semantic:MTGRForSemanticRetrieval",
 }
 
 

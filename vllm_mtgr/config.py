@@ -1,8 +1,10 @@
 """The Hugging Face config shared by the vllm-mtgr models (`model_type: "mtgr"`).
 
-One config class serves both architectures: `MTGRForCausalLM` (HSTU generative
-retrieval) reads the HSTU fields, `MTGRForRanking` additionally reads the
-ranking fields (token groups and task heads).
+One config class serves the three architectures: `MTGRForCausalLM` (HSTU
+generative retrieval) reads the HSTU fields, `MTGRForRanking` additionally
+reads the ranking fields (token groups and task heads), and
+`MTGRForSemanticRetrieval` (HSTU over semantic-ID code tokens, beam search)
+`max_beam_width`; its "items" are code tokens (`vllm_mtgr.code_trie`).
 
 Token ids: 0 is padding, 1..num_items are the items (token id == item id, as in
 Meta's research code), num_items + 1 is the unknown-item token; ranking models
@@ -51,6 +53,7 @@ INTEGER_RANGES = {
     "num_cross_features": (0, 4096),
     "head_hidden_size": (0, 65536),
     "max_candidates": (0, 2**20),
+    "max_beam_width": (0, 4096),
 }
 POSITIVE_FLOATS = ("time_bucket_divisor", "layer_norm_eps", "logit_temperature")
 
@@ -113,6 +116,9 @@ class MTGRConfig(PretrainedConfig):
         num_cross_features: int = 0,
         head_hidden_size: int = 0,
         max_candidates: int = 0,
+        # Semantic-ID retrieval (MTGRForSemanticRetrieval): the widest beam
+        # a request may ask for.
+        max_beam_width: int = 0,
         pad_token_id: int = 0,
         **kwargs: Any,
     ) -> None:
@@ -138,6 +144,7 @@ class MTGRConfig(PretrainedConfig):
         self.num_cross_features = num_cross_features
         self.head_hidden_size = head_hidden_size
         self.max_candidates = max_candidates
+        self.max_beam_width = max_beam_width
         # Model directories written before the rotated fraction was declared
         # get it too.
         kwargs["rope_parameters"] = {

@@ -274,6 +274,22 @@ def decode_tickets(row: torch.Tensor) -> torch.Tensor:
     return row >> TICKET_SHIFT
 
 
+def set_beam_row(rows: np.ndarray, width: int, exclude_seen: bool) -> None:
+    """Semantic-ID retrieval: the last token's row 2 (a copy of the key row,
+    unused by the model) packs the request's beam width and exclude_seen
+    above the position, for the pooler (`vllm_mtgr.semantic`)."""
+    rows[2, -1] = ((width << 1 | int(exclude_seen)) << POSITION_BITS) | (
+        rows[2, -1] & MAX_POSITION
+    )
+
+
+def decode_beam_rows(row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(beam widths, exclude_seen) from row 2 values of requests' last
+    tokens; width 0: a request without a beam (vLLM's warm-up)."""
+    packed = row >> POSITION_BITS
+    return packed >> 1, (packed & 1).bool()
+
+
 def decode_delta(request_timestamp: int) -> int:
     """M-RoPE delta: generated tokens decode to time = request time."""
     return request_timestamp << POSITION_BITS

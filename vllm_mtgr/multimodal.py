@@ -151,21 +151,53 @@ def to_device_by_item(
     return list(torch.cat(list(tensors)).to(device).split(lengths))
 
 
-def _fields_config() -> dict[str, MultiModalFieldConfig]:
-    return host_fields(MODALITY, FIELDS)
+def fields_config(extra: Sequence[str] = ()) -> dict[str, MultiModalFieldConfig]:
+    return host_fields(MODALITY, FIELDS + tuple(extra))
 
 
-def _chunk_hash(model_id: str, chunk: EventChunk) -> str:
+def chunk_hash(model_id: str, chunk: EventChunk) -> str:
     # What a chunk's KV depends on besides its item ids (already in the tokens).
     fields = ("key_times", "query_times", "actions")
     return content_hash(model_id, {name: getattr(chunk, name) for name in fields})
+
+
+def chunked_input(
+    model_id: str,
+    prompt: list[int],
+    chunks: Sequence[EventChunk],
+    request_fields: Mapping[str, torch.Tensor] | None = None,
+):
+    """The processed prompt of a history's event chunks; `request_fields`
+    ride in every chunk, outside its hash (they are no part of the KV)."""
+    extra = dict(request_fields or {})
+    fields = {name: c.field for name, c in fields_config(tuple(extra)).items()}
+    kwargs_items = [
+        MultiModalKwargsItem(
+            {
+                name: MultiModalFieldElem(data=tensor, field=fields[name])
+                for name, tensor in {**chunk.as_tensors(), **extra}.items()
+            }
+        )
+        for chunk in chunks
+    ]
+    return compat.mm_input(
+        prompt_token_ids=prompt,
+        mm_kwargs=MultiModalKwargsItems({MODALITY: kwargs_items}),
+        mm_hashes={MODALITY: [chunk_hash(model_id, c) for c in chunks]},
+        mm_placeholders={
+            MODALITY: [
+                PlaceholderRange(offset=c.offset, length=len(c.item_ids))
+                for c in chunks
+            ]
+        },
+    )
 
 
 class EventsMultiModalProcessor(BaseMultiModalProcessor[EventsProcessingInfo]):
     """Attaches validated, chunked events to a history; the tokens stay as they are."""
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs, **_kwargs):
-        return _fields_config()
+        return fields_config()
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         return []
@@ -187,27 +219,7 @@ class EventsMultiModalProcessor(BaseMultiModalProcessor[EventsProcessingInfo]):
                 "timestamps",
             )
         chunks = chunk_events(prompt, items.events)
-        fields = {name: config.field for name, config in _fields_config().items()}
-        kwargs_items = [
-            MultiModalKwargsItem(
-                {
-                    name: MultiModalFieldElem(data=tensor, field=fields[name])
-                    for name, tensor in chunk.as_tensors().items()
-                }
-            )
-            for chunk in chunks
-        ]
-        return compat.mm_input(
-            prompt_token_ids=prompt,
-            mm_kwargs=MultiModalKwargsItems({MODALITY: kwargs_items}),
-            mm_hashes={MODALITY: [_chunk_hash(self.info.model_id, c) for c in chunks]},
-            mm_placeholders={
-                MODALITY: [
-                    PlaceholderRange(offset=c.offset, length=len(c.item_ids))
-                    for c in chunks
-                ]
-            },
-        )
+        return chunked_input(self.info.model_id, prompt, chunks)
 
 
 def events_from_features(

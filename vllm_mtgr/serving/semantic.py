@@ -1,0 +1,88 @@
+"""Semantic-ID retrieval over vLLM's `/pooling` endpoint: an IO-processor plugin.
+
+A semantic-ID model's config.json names this plugin (`"io_processor_plugin":
+"mtgr_semantic"`, written by `converters.semantic_ids.make_model`), so `vllm
+serve` loads it without flags. Online:
+
+    POST /pooling {"model": ..., "data": <request or list of requests>}
+
+Offline: `LLM.encode({"data": ...}, pooling_task="plugin")`. A request
+(`vllm_mtgr.semantic_request`):
+
+    {"history": {"items": [...], "timestamps": [...]},
+     "request_timestamp": 978310000, "beam_width": 50, "exclude_seen": true}
+
+The response data: {"results": [{"items": [...], "scores": [...],
+"num_cached_tokens": n}, ...]}, one result per request, in order; items best
+first, scores their summed log-probabilities over the code's levels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from vllm import PoolingParams
+from vllm.plugins.io_processors.interface import IOProcessor
+
+from vllm_mtgr.events import MODALITY
+from vllm_mtgr.semantic_request import (
+    SemanticRequest,
+    catalogue_codes,
+    parse_semantic_request,
+)
+from vllm_mtgr.serving.limits import max_users_per_request, parse_users
+
+
+def io_processor() -> str:
+    """The `vllm.io_processor_plugins` entry point: the processor's class path."""
+    return "vllm_mtgr.serving.semantic.SemanticIOProcessor"
+
+
+class SemanticIOProcessor(IOProcessor):
+    def __init__(self, vllm_config: Any, renderer: Any) -> None:
+        super().__init__(vllm_config, renderer)
+        self.config = vllm_config.model_config.hf_config
+        self.vocab = catalogue_codes(
+            vllm_config.model_config.model, self.config.num_items
+        )
+        self.max_users = max_users_per_request()
+
+    def parse_data(self, data: object) -> list[SemanticRequest]:
+        def parse(raw: object) -> SemanticRequest:
+            return parse_semantic_request(raw, self.config, self.vocab)
+
+        return parse_users(data, parse, self.max_users, "semantic-ID")
+
+    def merge_pooling_params(self, params: PoolingParams | None = None):
+        params = params or PoolingParams()
+        params.task = "plugin"
+        # A returning user's history comes from the prefix cache.
+        params.skip_reading_prefix_cache = False
+        return params
+
+    def pre_process(self, prompt, request_id=None, **kwargs) -> list[dict]:
+        # The parsed request travels on: the multimodal processor builds the
+        # code-token prompt from it without validating it a second time.
+        return [
+            {
+                "prompt_token_ids": request.token_events(self.vocab)[0],
+                "multi_modal_data": {MODALITY: request},
+            }
+            for request in prompt
+        ]
+
+    def post_process(
+        self, model_output: Sequence[Any], request_id=None, **kwargs
+    ) -> dict:
+        results = []
+        for output in model_output:
+            found = output.outputs.data
+            results.append(
+                {
+                    "items": found[:, 0].long().tolist(),
+                    "scores": found[:, 1].tolist(),
+                    "num_cached_tokens": output.num_cached_tokens,
+                }
+            )
+        return {"results": results}
