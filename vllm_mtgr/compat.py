@@ -22,6 +22,8 @@ MIN_VLLM = Version("0.26.0")
 # `vllm_mtgr.renderer.MTGRRenderer` for it.
 TOKENIZER_MODE = "mtgr"
 SEEN_ITEMS_PROCESSOR = "vllm_mtgr.logits_processor:SeenItemsExclusion"
+# A semantic-ID model generating its codes (`vllm_mtgr.semantic_constraint`).
+SEMANTIC_ID_PROCESSOR = "vllm_mtgr.semantic_constraint:SemanticIdConstraint"
 # vLLM's default cap on `logprobs` (20) is below the top-50 that retrieval
 # metrics need; MTGR models default to this instead.
 DEFAULT_MAX_LOGPROBS = 100
@@ -60,6 +62,8 @@ def register_tokenizer_mode() -> None:
 def _model_defaults_class() -> type:
     from vllm.model_executor.models.config import VerifyAndUpdateConfig
 
+    from vllm_mtgr.converters import semantic_ids
+
     class MTGRModelDefaults(VerifyAndUpdateConfig):
         """Defaults an MTGR model needs, applied where the user chose none."""
 
@@ -69,8 +73,13 @@ def _model_defaults_class() -> type:
                 model_config.tokenizer_mode = TOKENIZER_MODE
             if model_config.runner_type == "generate":
                 processors = list(model_config.logits_processors or [])
-                if SEEN_ITEMS_PROCESSOR not in processors:
-                    model_config.logits_processors = [*processors, SEEN_ITEMS_PROCESSOR]
+                ours = (
+                    SEMANTIC_ID_PROCESSOR
+                    if semantic_ids.has_codes(model_config.model)
+                    else SEEN_ITEMS_PROCESSOR
+                )
+                if ours not in processors:
+                    model_config.logits_processors = [*processors, ours]
                 # Report scores after seen items are excluded, not before.
                 if model_config.logprobs_mode == "raw_logprobs":
                     model_config.logprobs_mode = "processed_logprobs"
