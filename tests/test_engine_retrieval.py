@@ -147,6 +147,23 @@ def test_timestamps_are_part_of_the_prefix_cache_identity(llm, tiny_model):
     )
 
 
+def test_users_with_the_same_timestamps_get_their_own_items(llm, tiny_model):
+    # vLLM shares the embeddings of one multimodal hash between requests: a
+    # chunk's hash must hold its items, not only its times.
+    rng = random.Random(8)
+    first, times = random_history(rng, 40)
+    second, _ = random_history(rng, 40)
+    prompts = [history_prompt(items, times) for items in (first, second)]
+    batch = llm.generate(prompts, greedy(1), use_tqdm=False)
+    (alone,) = llm.generate(
+        [history_prompt(random_history(rng, 40)[0], times)], greedy(1), use_tqdm=False
+    )
+    for items, output in zip((first, second), batch, strict=True):
+        assert_matches_oracle(output, tiny_model.reference, items, times)
+    third = [int(t) for t in alone.prompt_token_ids]
+    assert_matches_oracle(alone, tiny_model.reference, third, times)
+
+
 def test_seen_items_excluded_by_default_and_switchable(llm, tiny_model):
     items, times = random_history(random.Random(8), 30)
     prompt = history_prompt(items, times)

@@ -62,6 +62,13 @@ def test_beams_equal_the_oracle_for_a_batch_of_users(llm, semantic_model):
         random_request(rng, events=1, width=7, exclude_seen=False),
         random_request(rng, events=12, width=33),
     ]
+    # Every event at time 0, as a token prompt without times would have:
+    # two users whose histories differ only in their items.
+    for _ in range(2):
+        untimed = random_request(rng, events=17, width=9)
+        untimed["history"]["timestamps"] = [0] * 17
+        untimed["request_timestamp"] = 0
+        requests.append(untimed)
     for request, result in zip(requests, retrieve(llm, requests), strict=True):
         check(result, oracle(semantic_model, request))
 

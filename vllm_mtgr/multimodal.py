@@ -156,8 +156,10 @@ def fields_config(extra: Sequence[str] = ()) -> dict[str, MultiModalFieldConfig]
 
 
 def chunk_hash(model_id: str, chunk: EventChunk) -> str:
-    # What a chunk's KV depends on besides its item ids (already in the tokens).
-    fields = ("key_times", "query_times", "actions")
+    # All of the chunk, its item ids too although the block hashes hold them
+    # as tokens: vLLM's encoder cache hands the embeddings computed for one
+    # hash to every chunk of that hash, in any request.
+    fields = ("item_ids", "key_times", "query_times", "actions")
     return content_hash(model_id, {name: getattr(chunk, name) for name in fields})
 
 
