@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 import triton
-from report import markdown_table
+from report import ceilings, markdown_table
 from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -61,19 +61,6 @@ def bench(fn, *args, **kwargs) -> float:
     """Median milliseconds of `fn(*args, **kwargs)` (warm-up, repetitions: ms)."""
     return do_bench(lambda: fn(*args, **kwargs), warmup=50, rep=200,
                     return_mode="median")  # fmt: skip
-
-
-def ceilings() -> dict[str, float]:
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    ms = bench(torch.matmul, a, b)
-    src = torch.randn(256 * 2**20, device="cuda")  # 1 GiB
-    dst = torch.empty_like(src)
-    copy_ms = bench(dst.copy_, src)
-    return {
-        "matmul_tflops": 2 * 8192**3 / ms / 1e9,
-        "copy_tbps": 2 * src.numel() * 4 / copy_ms / 1e9,
-    }
 
 
 class Prefill:
