@@ -47,6 +47,9 @@ report = importlib.util.module_from_spec(_report)
 _report.loader.exec_module(report)
 
 
+CAPTURE_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+
+
 @dataclass(frozen=True)
 class Workload:
     items: int = 100_000
@@ -133,7 +136,10 @@ def engine(model: Path, work: Workload, causal: bool):
     else:
         kwargs.update(max_num_seqs=max(work.users),
                       max_num_batched_tokens=max(work.users) * tokens)  # fmt: skip
-    if not torch.cuda.is_available():
+    if torch.cuda.is_available():
+        # A few CUDA graph sizes, as in serve.py: a start in seconds.
+        kwargs["compilation_config"] = {"cudagraph_capture_sizes": CAPTURE_SIZES}
+    else:
         kwargs.update(enforce_eager=True, block_size=16)
     return LLM(**kwargs), vocab
 
@@ -211,7 +217,10 @@ def run_section(name: str, model: Path, work: Workload) -> dict:
         # Outside the checkout: vLLM inspects models in a `python -m`
         # subprocess, whose working directory comes first on sys.path.
         subprocess.run(command, check=True, cwd=tempfile.gettempdir())
-        return json.loads(Path(result.name).read_text())
+        out = json.loads(Path(result.name).read_text())
+    brief = {w: {k: v for k, v in r.items() if k != "lists"} for w, r in out.items()}
+    print(f"section {name}: {json.dumps(brief)}", flush=True)  # kept if one fails
+    return out
 
 
 def header(limits: dict[str, float]) -> str:
