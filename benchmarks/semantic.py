@@ -173,9 +173,12 @@ def section(name: str, model: Path, work: Workload) -> dict:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # all requests in one step
     llm, vocab = engine(model, work, causal=name == "vllm")
     search = vllms if name == "vllm" else ours
-    search(llm, vocab, histories(work, 2, seed=99), max(work.widths))  # warm-up
     out: dict = {}
     for width, count in zip(work.widths, work.users, strict=True):
+        # Warm-up at this width, alone and in a batch: kernels compile on
+        # their first shapes.
+        for warm in (1, count):
+            search(llm, vocab, histories(work, warm, seed=99), width)
         times, lists = [], []
         for repeat in range(work.repeats):
             users = histories(work, count, seed=1000 * width + repeat)

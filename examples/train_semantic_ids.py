@@ -47,7 +47,7 @@ from train_movielens import (
     save_plot,
 )
 
-from vllm_mtgr.beams import next_beams, seen_keys
+from vllm_mtgr.beams import excluded_nodes, next_beams
 from vllm_mtgr.code_trie import CodeTokens
 from vllm_mtgr.converters import semantic_ids
 
@@ -107,7 +107,7 @@ def beam_lists(
     model, chunk, vocab: CodeTokens, width: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(items, summed log-probabilities) `[users, width]` each, best first,
-    of a constrained beam search per user (`vllm_mtgr.code_trie.beam_search`
+    of a constrained beam search per user (`vllm_mtgr.beams.beam_search`
     for every user at once); users of one history length. A user with fewer
     than `width` unseen items has -inf scores at the end of its row."""
     trie, table = vocab.trie, normalize(model.item_embeddings())
@@ -116,7 +116,7 @@ def beam_lists(
     history = torch.tensor([tokens for tokens, _ in streams])
     times = torch.tensor([t for _, t in streams])
     target_time = torch.tensor([q.target_time for q in chunk])
-    seen = seen_keys([torch.tensor(q.history) for q in chunk], len(trie.items))
+    seen = excluded_nodes(trie, [torch.tensor(q.history) for q in chunk])
     nodes = torch.zeros(users, 1, dtype=torch.long)
     scores = torch.zeros(users, 1)
     beam_tokens = torch.zeros(users, 1, 0, dtype=torch.long)
@@ -135,7 +135,7 @@ def beam_lists(
         lo = int(vocab.offsets[depth])
         logits = out @ table[lo : lo + vocab.sizes[depth]].T / TEMPERATURE
         logp = logits.log_softmax(-1).view(users, beams, -1)
-        step = next_beams(trie, depth, nodes, scores, logp, width, seen=seen)
+        step = next_beams(trie, depth, nodes, scores, logp, width, excluded=seen)
         nodes, scores = step.nodes, step.scores
         parents = step.parents[..., None].expand(-1, -1, depth)
         beam_tokens = torch.cat(

@@ -456,26 +456,23 @@ def constrained_beam_search(
 ) -> list[tuple[int, float]]:
     """The oracle of semantic-ID decoding: (item, summed log-probability)
     pairs, best first, of a beam search of `width` over `codes` (`[items,
-    levels]`, row i: item i + 1), items in `seen` left out.
+    levels]`, row i: item i + 1) without the items in `seen`: their codes
+    are struck from the table before the search.
 
     One beam at a time, with the valid next tokens read off the code table
     itself (no prefix structure), so that it shares nothing with the served
-    path. `step(tokens)` as in `vllm_mtgr.code_trie.beam_search`.
+    path. `step(tokens)` as in `vllm_mtgr.beams.beam_search`.
     """
-    rows = codes.tolist()
+    rows = {item: tuple(row) for item, row in enumerate(codes.tolist(), start=1)}
+    unseen = [row for item, row in rows.items() if item not in seen]
     beams: list[tuple[float, tuple[int, ...]]] = [(0.0, ())]
     for depth in range(codes.shape[1]):
         candidates = []
         for score, prefix in beams:
             logp = step(torch.tensor([prefix], dtype=torch.long).reshape(1, depth))[0]
-            nexts = {
-                row[depth]
-                for item, row in enumerate(rows, start=1)
-                if tuple(row[:depth]) == prefix
-                and (depth < codes.shape[1] - 1 or item not in seen)
-            }
+            nexts = {row[depth] for row in unseen if row[:depth] == prefix}
             candidates += [(score + float(logp[t]), (*prefix, t)) for t in nexts]
         candidates.sort(key=lambda c: -c[0])
         beams = candidates[:width]
-    index = {tuple(row): item for item, row in enumerate(rows, start=1)}
+    index = {row: item for item, row in rows.items()}
     return [(index[prefix], score) for score, prefix in beams]

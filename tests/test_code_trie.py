@@ -9,7 +9,8 @@ import random
 import pytest
 import torch
 
-from vllm_mtgr.code_trie import CodeTrie, beam_search
+from vllm_mtgr.beams import beam_search
+from vllm_mtgr.code_trie import CodeTrie
 from vllm_mtgr.kernels.reference import constrained_beam_search
 
 
@@ -73,6 +74,33 @@ def test_beam_search_equals_the_oracle(width):
     assert torch.allclose(scores.double(), want, rtol=1e-5), f"seed {seed}"
     if width >= 40:  # wide enough to be exhaustive: the true top items
         assert len(items) == 35 and not seen & set(items.tolist())
+
+
+def test_seen_items_cost_no_beam():
+    # The model prefers exactly the seen items: dropping them only at the last
+    # level would leave fewer than `width` results.
+    seed = random.randrange(2**31)
+    sizes = [4, 4, 3]
+    codes = _codes(45, sizes, seed)
+    seen = set(random.Random(seed).sample(range(1, 46), 12))
+    favourite = codes[torch.tensor(sorted(seen)) - 1]
+    noise = _step(sizes, seed)  # no ties
+
+    def step(tokens: torch.Tensor) -> torch.Tensor:
+        depth = tokens.shape[1]
+        logp = noise(tokens) - 20.0
+        for beam, prefix in enumerate(tokens.tolist()):
+            for code in favourite.tolist():
+                if code[:depth] == prefix:
+                    logp[beam, code[depth]] += 20.0
+        return logp
+
+    for width in (3, 8, 20):
+        items, scores = beam_search(step, CodeTrie(codes), width,
+                                    torch.tensor(sorted(seen)))  # fmt: skip
+        assert len(items) == width and not seen & set(items.tolist()), f"seed {seed}"
+        expected = constrained_beam_search(step, codes, width, seen)
+        assert items.tolist() == [item for item, _ in expected], f"seed {seed}"
 
 
 def test_random_searches_never_return_a_non_item():

@@ -1,7 +1,7 @@
 """The semantic-ID example's batched beam search equals the library's.
 
 `examples/train_semantic_ids.py` searches many users at once (its
-evaluation); `vllm_mtgr.code_trie.beam_search` searches one user and is what
+evaluation); `vllm_mtgr.beams.beam_search` searches one user and is what
 the serving path and the oracle build on. Same model, same users: the same
 items in the same order, the same scores.
 """
@@ -21,7 +21,8 @@ from movielens import Query  # noqa: E402
 from train_movielens import TEMPERATURE, build_model, normalize  # noqa: E402
 from train_semantic_ids import beam_lists, expand  # noqa: E402
 
-from vllm_mtgr.code_trie import CodeTokens, beam_search  # noqa: E402
+from vllm_mtgr.beams import beam_search  # noqa: E402
+from vllm_mtgr.code_trie import CodeTokens  # noqa: E402
 from vllm_mtgr.converters import semantic_ids  # noqa: E402
 
 

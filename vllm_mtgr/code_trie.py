@@ -73,6 +73,7 @@ class CodeTrie:
         self.tokens: list[torch.Tensor] = []  # depth d >= 1: each node's last token
         self.first: list[torch.Tensor] = []  # depth d < levels: first child
         self.count: list[torch.Tensor] = []  # depth d < levels: children
+        self.parent: list[torch.Tensor] = []  # depth d >= 1: each node's parent
         parents = torch.zeros(codes.shape[0], dtype=torch.long)  # the root
         for depth in range(1, self.levels + 1):
             prefixes, node = torch.unique(codes[:, :depth], dim=0, return_inverse=True)
@@ -83,6 +84,7 @@ class CodeTrie:
             self.count.append(count)
             self.first.append(torch.cumsum(count, 0) - count)
             self.tokens.append(prefixes[:, -1])
+            self.parent.append(parent_of_node)
             parents = node
         # Most children of a node per depth: fixed, so the device never has
         # to tell the host how wide a beam step's tables are.
@@ -90,9 +92,15 @@ class CodeTrie:
         # Leaves in node order -> item ids (unique prefixes of full length).
         self.items = torch.empty(codes.shape[0], dtype=torch.long)
         self.items[parents] = torch.arange(1, codes.shape[0] + 1)
+        self.leaves = parents  # item i + 1 -> its leaf
+
+    def nodes(self, depth: int) -> int:
+        """How many nodes the trie has at `depth` (0: the root)."""
+        return len(self.tokens[depth - 1]) if depth else 1
 
     def to(self, device: torch.device | str) -> CodeTrie:
-        for name in ("tokens", "first", "count"):
+        self.leaves = self.leaves.to(device)
+        for name in ("tokens", "first", "count", "parent"):
             setattr(self, name, [t.to(device) for t in getattr(self, name)])
         self.items = self.items.to(device)
         return self
@@ -130,41 +138,3 @@ class CodeTrie:
     def item(self, leaves: torch.Tensor) -> torch.Tensor:
         """Item ids of depth-`levels` nodes."""
         return self.items[leaves]
-
-
-def beam_search(
-    step, trie: CodeTrie, width: int, seen: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(items `[<= width]`, summed log-probabilities), best first.
-
-    `step(tokens)` gets the beams' code tokens so far (`[beams, depth]`) and
-    returns log-probabilities `[beams, sizes[depth]]` of the next token.
-    Tokens outside the trie are never taken; items in `seen` (ids) are
-    dropped at the last level, so no beam is spent on them there.
-    """
-    device = trie.items.device
-    nodes = torch.zeros(1, dtype=torch.long, device=device)
-    scores = torch.zeros(1, device=device)
-    tokens = torch.zeros(1, 0, dtype=torch.long, device=device)
-    for depth in range(trie.levels):
-        logp = step(tokens).float()
-        mask = trie.allowed(nodes, depth)
-        if depth == trie.levels - 1 and seen is not None and len(seen):
-            mask &= ~_leads_to(trie, nodes, mask, seen)
-        total = torch.where(mask, scores[:, None] + logp, float("-inf"))
-        keep = min(width, int(mask.sum()))
-        best, flat = total.flatten().topk(keep)
-        beam, token = flat // mask.shape[1], flat % mask.shape[1]
-        nodes = trie.advance(nodes[beam], token, depth)
-        scores, tokens = best, torch.cat([tokens[beam], token[:, None]], dim=1)
-    return trie.item(nodes), scores
-
-
-def _leads_to(trie: CodeTrie, nodes, mask, seen: torch.Tensor) -> torch.Tensor:
-    """`[beams, tokens]` bool: the last-level tokens that end at a seen item."""
-    depth = trie.levels - 1
-    beams, tokens = mask.nonzero(as_tuple=True)
-    items = trie.item(trie.advance(nodes[beams], tokens, depth))
-    hit = torch.zeros_like(mask)
-    hit[beams, tokens] = torch.isin(items, seen.to(items.device))
-    return hit

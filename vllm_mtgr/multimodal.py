@@ -41,7 +41,6 @@ from vllm_mtgr.events import (
     content_hash,
     parse_events,
 )
-from vllm_mtgr.tokenizer import item_token
 from vllm_mtgr.validation import check_history
 
 FIELDS = ("item_ids", "actions", "key_times", "query_times")
@@ -118,11 +117,14 @@ class EventsProcessingInfo(BaseProcessingInfo):
 
 
 class EventsDummyInputsBuilder(BaseDummyInputsBuilder[EventsProcessingInfo]):
-    """Profiling inputs: `count` full chunks of item 1 at time 0."""
+    """Profiling inputs: `count` full chunks of token 1 at time 0."""
 
     def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
         count = mm_counts.get(MODALITY, 0) * EVENT_CHUNK_TOKENS
-        return " ".join([item_token(1)] * count)
+        # Token 1 by the tokenizer's name for it: `item_1`, or a semantic-ID
+        # model's first code token when it is served as a causal LM.
+        name = self.info.get_tokenizer().convert_ids_to_tokens(1)
+        return " ".join([name] * count)
 
     def get_dummy_mm_data(self, seq_len: int, mm_counts: Mapping[str, int], *_args):
         count = mm_counts.get(MODALITY, 0) * EVENT_CHUNK_TOKENS

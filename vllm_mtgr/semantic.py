@@ -46,7 +46,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from vllm_mtgr import compat
 from vllm_mtgr.attention import KERNEL_BLOCK_MULTIPLE
-from vllm_mtgr.beams import BeamStep, next_beams, seen_keys
+from vllm_mtgr.beams import BeamStep, Excluded, excluded_nodes, next_beams
 from vllm_mtgr.code_trie import CodeTrie
 from vllm_mtgr.config import MTGRConfig
 from vllm_mtgr.events import (
@@ -111,13 +111,13 @@ class BeamRequests:
         times: torch.Tensor,
         widths: list[int],
         block_table: torch.Tensor,
-        seen: torch.Tensor | None,
+        excluded: Excluded | None,
     ) -> None:
         self.lengths = lengths  # int32 [R]: history tokens
         self.times = times  # int64 [R]: the request time
         self.widths = widths
         self.block_table = block_table  # [R, blocks]
-        self.seen = seen  # `beams.seen_keys`, or None
+        self.excluded = excluded  # the users' seen items, out of the search
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -224,11 +224,11 @@ class MTGRForSemanticRetrieval(nn.Module, SupportsMultiModal, SupportsMRoPE):
         widths = widths.tolist()
         if 0 in widths:  # the engine's warm-up: dummy requests, no beam
             return [self._profile_search()] * len(finished)
-        seen = None
+        excluded = None
         if exclude.any():
             # Both vLLM versions fill the host copy of the prompts.
             prompts = pooling_metadata.get_prompt_token_ids_cpu()
-            seen = self._seen_keys(
+            excluded = self._excluded(
                 [prompts[r] if ex else prompts[r][:0] for r, ex in
                  zip(rows, exclude.tolist(), strict=True)],
                 index.device,
@@ -238,7 +238,7 @@ class MTGRForSemanticRetrieval(nn.Module, SupportsMultiModal, SupportsMRoPE):
             times=decode_position_rows(positions)[2][last],
             widths=widths,
             block_table=metadata.block_table[index.to(metadata.block_table.device)],
-            seen=seen,
+            excluded=excluded,
         )
         kv_caches = [layer.attn.kv_cache for layer in self.model.layers]
         found = self.beam_search(hidden_states[last], requests, kv_caches)
@@ -259,7 +259,6 @@ class MTGRForSemanticRetrieval(nn.Module, SupportsMultiModal, SupportsMRoPE):
         num_requests, width = len(requests.widths), max(requests.widths)
         device = history_states.device
         widths = torch.tensor(requests.widths, device=device)
-        last_depth = vocab.levels - 1
         step = BeamStep(
             nodes=torch.zeros(num_requests, 1, dtype=torch.long, device=device),
             scores=torch.zeros(num_requests, 1, device=device),
@@ -273,9 +272,8 @@ class MTGRForSemanticRetrieval(nn.Module, SupportsMultiModal, SupportsMRoPE):
                 states, own = self._beam_pass(step, depth, requests, own, kv_caches)
             logp = self._level_logp(states, depth).view(num_requests, -1,
                                                         vocab.sizes[depth])  # fmt: skip
-            seen = requests.seen if depth == last_depth else None
             step = next_beams(trie, depth, step.nodes, step.scores, logp, width,
-                              widths, seen)  # fmt: skip
+                              widths, requests.excluded)  # fmt: skip
         items = trie.item(step.nodes).double()
         found = torch.stack([items, step.scores.double()], dim=-1)
         valid = step.scores.isfinite().sum(1).tolist()
@@ -392,11 +390,9 @@ class MTGRForSemanticRetrieval(nn.Module, SupportsMultiModal, SupportsMRoPE):
             self._trie = CodeTrie(vocab.codes, vocab.sizes).to(device)
         return self._trie
 
-    def _seen_keys(
-        self, prompts: list[torch.Tensor], device: torch.device
-    ) -> torch.Tensor:
+    def _excluded(self, prompts: list[torch.Tensor], device: torch.device) -> Excluded:
         """Each request's history items (from its code tokens, `prompts` on
-        the host), as `beams.seen_keys`, on `device`."""
+        the host), out of its search (`beams.excluded_nodes`)."""
         trie, vocab = self._device_trie(), self.vocab
         counts = [len(tokens) // vocab.levels for tokens in prompts]
         codes = torch.cat(prompts).to(device).long().view(-1, vocab.levels)
@@ -404,8 +400,7 @@ class MTGRForSemanticRetrieval(nn.Module, SupportsMultiModal, SupportsMRoPE):
         nodes = torch.zeros(len(codes), dtype=torch.long, device=device)
         for level in range(vocab.levels):
             nodes = trie.advance(nodes, codes[:, level], level)
-        items = trie.item(nodes).split(counts)
-        return seen_keys(list(items), len(vocab.codes))
+        return excluded_nodes(trie, list(trie.item(nodes).split(counts)))
 
     def _profile_search(self) -> torch.Tensor:
         """The widest beam search of a full batch, over empty histories:
@@ -419,7 +414,7 @@ class MTGRForSemanticRetrieval(nn.Module, SupportsMultiModal, SupportsMRoPE):
             times=zeros.long(),
             widths=[max(self.config.max_beam_width, 1)] * count,
             block_table=torch.zeros(count, 1, dtype=torch.int32, device=device),
-            seen=None,
+            excluded=None,
         )
         layer = model.layers[0]
         width = 2 * layer.params.cache_head_size

@@ -6,9 +6,9 @@ sampler and its beam search (`LLM.beam_search`, `use_beam_search`): the
 baseline that `vllm_mtgr.semantic` (beam search inside the engine) is
 measured against. This logits processor makes each step the same
 distribution as there: the log-softmax over the next level's tokens, -inf
-for a token that leads to no item, and at the last level -inf for the
-user's history items (`exclude_seen`, on unless a request's `extra_args`
-switch it off). With `logprobs_mode="processed_logits"` a beam's summed
+for a token that leads to no item, or only to items of the user's history
+(`exclude_seen`, on unless a request's `extra_args` switch it off; see
+`vllm_mtgr.beams`). With `logprobs_mode="processed_logits"` a beam's summed
 logprob is then `vllm_mtgr.semantic`'s score.
 
 A request's depth in its code is its token count modulo the levels (its
@@ -25,7 +25,7 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
-from vllm_mtgr.beams import seen_keys
+from vllm_mtgr.beams import allowed_children, excluded_nodes
 from vllm_mtgr.code_trie import CodeTrie
 from vllm_mtgr.logits_processor import exclude_seen_requested
 from vllm_mtgr.semantic_request import catalogue_codes
@@ -105,9 +105,12 @@ class SemanticIdConstraint(LogitsProcessor):
         # A beam past its request's last valid one (vLLM's beam search keeps
         # -inf beams when too few are valid) has no node: all -inf.
         row.node = int(self._node(prefix[None])[0])
-        if row.exclude and row.depth == levels - 1:
+        if row.exclude:
             whole = tokens[: len(tokens) - row.depth].reshape(-1, levels)
-            row.seen = self.leaf_items[self._node(whole - self.offsets)]
+            leaves = self._node(whole - self.offsets)
+            # A prompt of code tokens that are no item's (typed by a user) has
+            # nothing seen there.
+            row.seen = self.leaf_items[leaves[leaves >= 0]]
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.rows:
@@ -129,23 +132,9 @@ class SemanticIdConstraint(LogitsProcessor):
             indices, nodes = host.to(self.device, non_blocking=True).T
             low, size = int(self.offsets[depth]), self.vocab.sizes[depth]
             logp = logits[indices, low : low + size].float().log_softmax(-1)
-            allowed = self._allowed(nodes, depth, [row.seen for _, row in group])
+            seen = [torch.from_numpy(row.seen) for _, row in group]
+            excluded = excluded_nodes(self.trie, seen) if any(map(len, seen)) else None
+            allowed = allowed_children(self.trie, nodes, depth, excluded)
             logp = logp.masked_fill(~allowed, float("-inf")).to(logits.dtype)
             constrained[indices, low : low + size] = logp
         return constrained
-
-    def _allowed(
-        self, nodes: torch.Tensor, depth: int, seen: list[np.ndarray]
-    ) -> torch.Tensor:
-        """`[rows, sizes[depth]]`: the trie's next tokens, at the last level
-        without each row's seen items."""
-        trie = self.trie
-        mask = trie.allowed(nodes, depth)
-        if depth < trie.levels - 1 or not any(len(items) for items in seen):
-            return mask
-        keys = seen_keys([torch.from_numpy(items) for items in seen], len(trie.items))
-        rows, tokens = mask.nonzero(as_tuple=True)
-        items = trie.item(trie.advance(nodes[rows], tokens, depth))
-        pairs = rows * (len(trie.items) + 1) + items
-        mask[rows, tokens] = ~torch.isin(pairs, keys.to(pairs.device))
-        return mask
