@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -203,6 +203,8 @@ def section(name: str, model: Path, work: Workload) -> dict:
             "short_lists": sum(len(found) < width for found in lists),
             "lists": lists,  # of the last repeat's users
         }
+        brief = {k: v for k, v in out[str(width)].items() if k != "lists"}
+        print(f"{name} width {width}: {json.dumps(brief)}", flush=True)
     return out
 
 
@@ -274,6 +276,10 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes")
+    parser.add_argument("--widths", type=int, nargs="*", help="beam widths")
+    parser.add_argument("--users", type=int, nargs="*", help="users per width")
+    parser.add_argument("--alone", type=int, help="single-user requests per width")
+    parser.add_argument("--repeats", type=int, help="batches per width")
     for hidden in ("--section", "--model", "--work", "--result"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -285,6 +291,10 @@ def main() -> None:
         Path(args.result).write_text(json.dumps(out))
         return
     work = SMOKE if args.smoke else Workload()
+    chosen = {"widths": args.widths, "users": args.users, "alone": args.alone,
+              "repeats": args.repeats}  # fmt: skip
+    work = replace(work, **{k: tuple(v) if isinstance(v, list) else v
+                            for k, v in chosen.items() if v is not None})  # fmt: skip
     limits = report.ceilings() if torch.cuda.is_available() else {}
     torch.cuda.empty_cache()
     with tempfile.TemporaryDirectory() as tmp:
