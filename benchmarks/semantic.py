@@ -158,6 +158,11 @@ def vllms(llm, vocab, users: list[list[int]], width: int) -> list[list[int]]:
     from vllm.inputs import TokensPrompt
     from vllm.sampling_params import BeamSearchParams
 
+    if 2 * width > vocab.num_tokens:
+        raise ValueError(
+            f"vLLM's beam search asks for 2 x {width} logprobs of each beam: this "
+            f"catalogue's codes have {vocab.num_tokens} tokens"
+        )
     prompts = [TokensPrompt(prompt_token_ids=vocab.tokens(items)) for items in users]
     params = BeamSearchParams(beam_width=width, max_tokens=vocab.levels,
                               ignore_eos=True)  # fmt: skip
