@@ -301,6 +301,17 @@ def fit(
     return history, best_epoch
 
 
+def write_model_dir(model: nn.Module, out: Path) -> Path:
+    """A trained HSTU as a servable directory: saved in Meta's checkpoint
+    format, then converted (`vllm_mtgr.converters.meta_hstu`)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        checkpoint = Path(scratch) / "hstu.pt"
+        state = {f"module.{k}": v for k, v in model.state_dict().items()}
+        torch.save({"model_state_dict": state}, checkpoint)
+        options = ConversionOptions(num_heads=1, temperature=TEMPERATURE)
+        return convert(checkpoint, out, options)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dataset", choices=DATASETS, default="ml-100k")
@@ -351,12 +362,7 @@ def main() -> None:
             history, report / f"{name}-training.png", f"{args.arch} on {args.dataset}"
         )
     if args.arch == "hstu" and args.out:
-        with tempfile.TemporaryDirectory() as scratch:
-            checkpoint = Path(scratch) / "hstu.pt"  # Meta's checkpoint format
-            state = {f"module.{k}": v for k, v in model.state_dict().items()}
-            torch.save({"model_state_dict": state}, checkpoint)
-            options = ConversionOptions(num_heads=1, temperature=TEMPERATURE)
-            convert(checkpoint, args.out, options)
+        write_model_dir(model, args.out)
         print(f"wrote {args.out}")
 
 

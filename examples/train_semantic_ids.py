@@ -5,7 +5,8 @@
     vllm-mtgr semantic-ids ../models/hstu-beauty --attributes \\
         ../../shared/data/amazon-2014-5core-seq-s3rec/Beauty_item2attributes.json
     python train_semantic_ids.py --item-model ../models/hstu-beauty \\
-        --report ../benchmarks/results/beauty
+        --report ../benchmarks/results/beauty --out ../models/semantic-beauty
+    vllm serve ../models/semantic-beauty     # /pooling: beam search inside
 
 1. Codes: every item has a semantic ID (`vllm-mtgr semantic-ids`: residual
    k-means, 3 levels x 256, then a level that makes each code unique) over
@@ -45,6 +46,7 @@ from train_movielens import (
     normalize,
     pad,
     save_plot,
+    write_model_dir,
 )
 
 from vllm_mtgr.beams import excluded_nodes, next_beams
@@ -166,6 +168,8 @@ def main() -> None:
                         help="validation users per evaluation (test: all)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--report", type=Path, help="metrics JSON + plot directory")
+    parser.add_argument("--out", type=Path,
+                        help="the trained model, servable (vllm serve)")  # fmt: skip
     args = parser.parse_args()
 
     random.seed(args.seed)
@@ -212,6 +216,9 @@ def main() -> None:
         (args.report / f"{name}-metrics.json").write_text(json.dumps(result, indent=2))
         save_plot(history, args.report / f"{name}-training.png", name,
                   metrics=("Recall@10", "NDCG@10"))  # fmt: skip
+    if args.out:
+        semantic_ids.make_model(write_model_dir(model, args.out), ids)
+        print(f"wrote {args.out}: vllm serve {args.out}")
 
 
 if __name__ == "__main__":
