@@ -1,6 +1,8 @@
 """Semantic-ID beam search: inside the engine (vllm-mtgr) against vLLM's own.
 
     python benchmarks/semantic.py --out benchmarks/results        # a GPU
+    python benchmarks/semantic.py --cpu --widths 10 50 256 --users 8 8 2 \
+        --alone 3 --repeats 1 --out benchmarks/results/cpu-20261203  # CPU
     python benchmarks/semantic.py --smoke --out /tmp/semantic     # CPU, tiny
 
 One model, two ways of serving it, each in its own engine and process:
@@ -74,6 +76,13 @@ SMOKE = Workload(
     items=400, levels=2, codes_per_level=8, hidden_size=32, layers=2, heads=2,
     head_dim=16, history=20, widths=(4, 8), users=(4, 2), repeats=1, alone=3,
     dtype="float32", gpu_memory_utilization=0.3,
+)  # fmt: skip
+
+
+# Small enough for a CPU, a real catalogue's code shape (3 x 256 + unique).
+CPU = replace(
+    SMOKE, items=20_000, levels=3, codes_per_level=256, hidden_size=64,
+    head_dim=32, history=50,
 )  # fmt: skip
 
 
@@ -281,6 +290,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes")
+    parser.add_argument("--cpu", action="store_true", help="CPU, a small model")
     parser.add_argument("--widths", type=int, nargs="*", help="beam widths")
     parser.add_argument("--users", type=int, nargs="*", help="users per width")
     parser.add_argument("--alone", type=int, help="single-user requests per width")
@@ -295,7 +305,7 @@ def main() -> None:
         out = section(args.section, Path(args.model), work)
         Path(args.result).write_text(json.dumps(out))
         return
-    work = SMOKE if args.smoke else Workload()
+    work = SMOKE if args.smoke else CPU if args.cpu else Workload()
     chosen = {"widths": args.widths, "users": args.users, "alone": args.alone,
               "repeats": args.repeats}  # fmt: skip
     work = replace(work, **{k: tuple(v) if isinstance(v, list) else v
@@ -314,7 +324,8 @@ def main() -> None:
     )
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"semantic-{'smoke-' if args.smoke else ''}{time.strftime('%Y%m%d')}"
+    preset = "smoke-" if args.smoke else "cpu-" if args.cpu else ""
+    stem = f"semantic-{preset}{time.strftime('%Y%m%d')}"
     (args.out / f"{stem}.md").write_text(text + "\n")
     raw = {"header": header(limits), "workload": asdict(work), "rows": table,
            **limits}  # fmt: skip
