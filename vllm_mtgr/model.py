@@ -268,22 +268,12 @@ class MTGRModel(nn.Module):
         return x
 
 
-@MULTIMODAL_REGISTRY.register_processor(
-    EventsMultiModalProcessor,
-    info=EventsProcessingInfo,
-    dummy_inputs=EventsDummyInputsBuilder,
-)
-class MTGRForCausalLM(nn.Module, SupportsMultiModal, SupportsMRoPE):
-    """HSTU next-item retrieval: the history is the prompt, items are tokens."""
+class HistoryEventsInput:
+    """vLLM's multimodal hooks of a model whose prompt is a user's history of
+    events (`vllm_mtgr.multimodal`): item-ID retrieval and semantic-ID
+    retrieval. `self.model` is an `MTGRModel`."""
 
-    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
-        super().__init__()
-        self.config: MTGRConfig = vllm_config.model_config.hf_config
-        self.model_dir = vllm_config.model_config.model
-        self.model = MTGRModel(vllm_config=vllm_config, prefix=f"{prefix}model")
-        self.tp_size = get_tensor_model_parallel_world_size()
-        # 1 / |item embedding|, computed on first use after each weight load.
-        self._inverse_item_norms: torch.Tensor | None = None
+    model: MTGRModel
 
     def get_language_model(self) -> nn.Module:
         return self.model
@@ -314,6 +304,24 @@ class MTGRForCausalLM(nn.Module, SupportsMultiModal, SupportsMRoPE):
     ) -> torch.Tensor:
         embeds = self.model.embed_events(input_ids)
         return merge_event_embeddings(embeds, multimodal_embeddings, is_multimodal)
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    EventsMultiModalProcessor,
+    info=EventsProcessingInfo,
+    dummy_inputs=EventsDummyInputsBuilder,
+)
+class MTGRForCausalLM(HistoryEventsInput, nn.Module, SupportsMultiModal, SupportsMRoPE):
+    """HSTU next-item retrieval: the history is the prompt, items are tokens."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__()
+        self.config: MTGRConfig = vllm_config.model_config.hf_config
+        self.model_dir = vllm_config.model_config.model
+        self.model = MTGRModel(vllm_config=vllm_config, prefix=f"{prefix}model")
+        self.tp_size = get_tensor_model_parallel_world_size()
+        # 1 / |item embedding|, computed on first use after each weight load.
+        self._inverse_item_norms: torch.Tensor | None = None
 
     def get_mrope_input_positions(
         self, input_tokens: list[int], mm_features: list[object]

@@ -57,12 +57,7 @@ from vllm_mtgr.events import (
 )
 from vllm_mtgr.kernels import candidate_attention
 from vllm_mtgr.kernels.paged_torch import KernelBiasTables, kernel_bias_tables
-from vllm_mtgr.model import (
-    MTGRModel,
-    as_tensor_list,
-    load_weights_by_name,
-    merge_event_embeddings,
-)
+from vllm_mtgr.model import HistoryEventsInput, MTGRModel, load_weights_by_name
 from vllm_mtgr.multimodal import events_from_features
 from vllm_mtgr.semantic_multimodal import (
     BEAM_FIELD,
@@ -125,7 +120,9 @@ class BeamRequests:
     info=SemanticProcessingInfo,
     dummy_inputs=SemanticDummyInputsBuilder,
 )
-class MTGRForSemanticRetrieval(nn.Module, SupportsMultiModal, SupportsMRoPE):
+class MTGRForSemanticRetrieval(
+    HistoryEventsInput, nn.Module, SupportsMultiModal, SupportsMRoPE
+):
     """HSTU over semantic-ID tokens: constrained beam search per request."""
 
     is_pooling_model = True
@@ -152,33 +149,6 @@ class MTGRForSemanticRetrieval(nn.Module, SupportsMultiModal, SupportsMRoPE):
         self._shifted: dict[tuple[int, int], tuple[torch.Tensor, KernelBiasTables]] = {}
         # (positions, attention metadata) of the step's forward, for the pooler.
         self._step: tuple[torch.Tensor, object] | None = None
-
-    def get_language_model(self) -> nn.Module:
-        return self.model
-
-    @classmethod
-    def get_placeholder_str(cls, modality: str, i: int) -> str | None:
-        return None
-
-    def embed_multimodal(self, **kwargs: object) -> Sequence[torch.Tensor]:
-        item_ids = as_tensor_list(kwargs["item_ids"])
-        actions = as_tensor_list(kwargs["actions"])
-        device = self.model.position_embedding.weight.device
-        embeds = self.model.embed_events(
-            torch.cat(item_ids).to(device), torch.cat(actions).to(device)
-        )
-        return list(embeds.split([len(ids) for ids in item_ids]))
-
-    def embed_input_ids(
-        self,
-        input_ids: torch.Tensor,
-        multimodal_embeddings: Sequence[torch.Tensor] | None = None,
-        *,
-        is_multimodal: torch.Tensor | None = None,
-        **_kwargs: object,
-    ) -> torch.Tensor:
-        embeds = self.model.embed_events(input_ids)
-        return merge_event_embeddings(embeds, multimodal_embeddings, is_multimodal)
 
     def get_mrope_input_positions(
         self, input_tokens: list[int], mm_features: list[object]
