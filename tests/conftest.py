@@ -49,6 +49,7 @@ TINY = dict(
     max_sequence_len=96,
 )
 BLOCK_SIZE = 16
+IN_PROCESS_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
 # Engine settings for CPU tests (fp32 so parity is exact to ~1e-6).
 ENGINE_KWARGS = dict(
@@ -71,8 +72,10 @@ class TinyModel:
 
 
 @contextmanager
-def engine_for_module(*args, **kwargs):
-    """A `vllm.LLM` for one test module, shut down when the module ends.
+def engine_for_module(*args, in_process: bool = False, **kwargs):
+    """A `vllm.LLM` for one test module, shut down when the module ends;
+    `in_process`: its engine core in this process (all of a call's requests
+    are then added before its first step).
 
     Its engine core (a child process, its GPU memory and the threads that
     talk to it) would otherwise live on while the next module starts its own
@@ -80,11 +83,20 @@ def engine_for_module(*args, **kwargs):
     """
     import vllm
 
-    llm = vllm.LLM(*args, **kwargs)
+    saved = os.environ.get(IN_PROCESS_ENV)
+    if in_process:
+        os.environ[IN_PROCESS_ENV] = "0"
     try:
-        yield llm
+        llm = vllm.LLM(*args, **kwargs)
+        try:
+            yield llm
+        finally:
+            llm.llm_engine.engine_core.shutdown()
     finally:
-        llm.llm_engine.engine_core.shutdown()
+        if saved is None:
+            os.environ.pop(IN_PROCESS_ENV, None)
+        else:
+            os.environ[IN_PROCESS_ENV] = saved
 
 
 def random_reference(seed: int, num_action_types: int = 0) -> HSTUReference:

@@ -8,7 +8,6 @@ process, so that tests can count the blocks in its prefix cache.
 from __future__ import annotations
 
 import copy
-import os
 import random
 
 import numpy as np
@@ -34,16 +33,9 @@ KWARGS = {k: v for k, v in ENGINE_KWARGS.items() if "logprobs" not in k}
 
 @pytest.fixture(scope="module")
 def llm(tiny_ranking_model):
-    saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    try:
-        with engine_for_module(str(tiny_ranking_model.model_dir), **KWARGS) as llm:
-            yield llm
-    finally:
-        if saved is None:
-            del os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"]
-        else:
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved
+    model = str(tiny_ranking_model.model_dir)
+    with engine_for_module(model, in_process=True, **KWARGS) as llm:
+        yield llm
 
 
 def rank(llm, requests):

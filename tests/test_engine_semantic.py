@@ -6,7 +6,6 @@ inside the engine; `semantic_cases.oracle` checks it.
 
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
@@ -39,16 +38,9 @@ def semantic_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def llm(semantic_model):
-    saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    try:
-        with engine_for_module(str(semantic_model.model_dir), **KWARGS) as llm:
-            yield llm
-    finally:
-        if saved is None:
-            del os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"]
-        else:
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved
+    model = str(semantic_model.model_dir)
+    with engine_for_module(model, in_process=True, **KWARGS) as llm:
+        yield llm
 
 
 def retrieve(llm, requests):

@@ -6,7 +6,6 @@ oracle, as the beam search inside the engine does: the baseline of
 
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
@@ -34,16 +33,9 @@ def semantic_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def llm(semantic_model):
-    saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    try:
-        with engine_for_module(str(semantic_model.model_dir), **KWARGS) as llm:
-            yield llm
-    finally:
-        if saved is None:
-            del os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"]
-        else:
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved
+    model = str(semantic_model.model_dir)
+    with engine_for_module(model, in_process=True, **KWARGS) as llm:
+        yield llm
 
 
 def untimed_request(rng: random.Random, events: int, width: int) -> dict:
