@@ -8,12 +8,6 @@ processes see the same values.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import TypeVar
-
-from vllm_mtgr.errors import RequestError
-
-T = TypeVar("T")
 
 MAX_REQUEST_BYTES_ENV = "VLLM_MTGR_MAX_REQUEST_BYTES"
 MAX_USERS_ENV = "VLLM_MTGR_MAX_USERS_PER_REQUEST"
@@ -51,31 +45,3 @@ def max_users_per_request() -> int:
 
 def text_route_bytes(max_model_len: int) -> int:
     return max(1 << 20, TEXT_BYTES_PER_TOKEN * max_model_len)
-
-
-def parse_users(
-    data: object, parse: Callable[[object], T], max_users: int, kind: str
-) -> list[T]:
-    """A `/pooling` request's `data` (one user's `kind` request or a list of
-    them), each through `parse`; an error in a list names the user
-    (`data[i]`), so that a client can drop or fix just that one."""
-    batch = data if isinstance(data, list) else [data]
-    if not batch:
-        raise RequestError(f"`data` holds no {kind} request", "data")
-    if len(batch) > max_users:
-        raise RequestError(
-            f"`data` holds {len(batch)} users, above this server's limit of "
-            f"{max_users} per request (`vllm-mtgr serve --max-users-per-request`); "
-            "split the request",
-            "data",
-        )
-    parsed = []
-    for i, raw in enumerate(batch):
-        try:
-            parsed.append(parse(raw))
-        except RequestError as error:
-            if not isinstance(data, list):
-                raise
-            field = f"data[{i}].{error.parameter}" if error.parameter else None
-            raise RequestError(f"data[{i}]: {error.args[0]}", field) from None
-    return parsed

@@ -23,12 +23,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from vllm import PoolingParams
-from vllm.plugins.io_processors.interface import IOProcessor
-
 from vllm_mtgr.ranking_multimodal import MODALITY
 from vllm_mtgr.ranking_request import RankingRequest, parse_ranking_request, token_ids
-from vllm_mtgr.serving.limits import max_users_per_request, parse_users
+from vllm_mtgr.serving.users import UsersIOProcessor, parse_users
 
 PLUGIN_NAME = "mtgr_ranking"
 
@@ -38,25 +35,12 @@ def io_processor() -> str:
     return "vllm_mtgr.serving.ranking.RankingIOProcessor"
 
 
-class RankingIOProcessor(IOProcessor):
-    def __init__(self, vllm_config: Any, renderer: Any) -> None:
-        super().__init__(vllm_config, renderer)
-        self.config = vllm_config.model_config.hf_config
-        self.max_users = max_users_per_request()
-
+class RankingIOProcessor(UsersIOProcessor):
     def parse_data(self, data: object) -> list[RankingRequest]:
         def parse(raw: object) -> RankingRequest:
             return parse_ranking_request(raw, self.config)
 
         return parse_users(data, parse, self.max_users, "ranking")
-
-    def merge_pooling_params(self, params: PoolingParams | None = None):
-        params = params or PoolingParams()
-        params.task = "plugin"
-        # The history is reused from the prefix cache; the pooler reads only
-        # candidates, which are always computed (see ranking_multimodal).
-        params.skip_reading_prefix_cache = False
-        return params
 
     def pre_process(self, prompt, request_id=None, **kwargs) -> list[dict]:
         # The parsed request travels on: the multimodal processor takes it

@@ -22,16 +22,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from vllm import PoolingParams
-from vllm.plugins.io_processors.interface import IOProcessor
-
 from vllm_mtgr.events import MODALITY
 from vllm_mtgr.semantic_request import (
     SemanticRequest,
     catalogue_codes,
     parse_semantic_request,
 )
-from vllm_mtgr.serving.limits import max_users_per_request, parse_users
+from vllm_mtgr.serving.users import UsersIOProcessor, parse_users
 
 
 def io_processor() -> str:
@@ -39,27 +36,18 @@ def io_processor() -> str:
     return "vllm_mtgr.serving.semantic.SemanticIOProcessor"
 
 
-class SemanticIOProcessor(IOProcessor):
+class SemanticIOProcessor(UsersIOProcessor):
     def __init__(self, vllm_config: Any, renderer: Any) -> None:
         super().__init__(vllm_config, renderer)
-        self.config = vllm_config.model_config.hf_config
         self.vocab = catalogue_codes(
             vllm_config.model_config.model, self.config.num_items
         )
-        self.max_users = max_users_per_request()
 
     def parse_data(self, data: object) -> list[SemanticRequest]:
         def parse(raw: object) -> SemanticRequest:
             return parse_semantic_request(raw, self.config, self.vocab)
 
         return parse_users(data, parse, self.max_users, "semantic-ID")
-
-    def merge_pooling_params(self, params: PoolingParams | None = None):
-        params = params or PoolingParams()
-        params.task = "plugin"
-        # A returning user's history comes from the prefix cache.
-        params.skip_reading_prefix_cache = False
-        return params
 
     def pre_process(self, prompt, request_id=None, **kwargs) -> list[dict]:
         # The parsed request travels on: the multimodal processor builds the
