@@ -239,7 +239,9 @@ class RankingMultiModalProcessor(BaseMultiModalProcessor[RankingProcessingInfo])
                     }
                 )
             )
-            # What the item's KV depends on: not the candidates.
+            # What the item's KV and its embeddings (which vLLM's encoder
+            # cache shares by this hash) depend on: not the candidates, which
+            # the model reads per request (`get_mrope_input_positions`).
             history_fields = {
                 name: values
                 for name, values in fields.items()
