@@ -52,6 +52,12 @@ def test_allowed_tokens_are_exactly_the_codes_next_tokens():
             match = (codes[:, :depth] == torch.tensor(prefix, dtype=torch.long)).all(1)
             expected = set(codes[match, depth].tolist())
             assert set(row.nonzero().flatten().tolist()) == expected, f"seed {seed}"
+        assert trie.find(prefixes).tolist() == nodes.tolist(), f"seed {seed}"
+    # Prefixes of no item (and tokens out of range) have no node.
+    present = {tuple(row) for row in codes[:, :2].tolist()}
+    grid = itertools.product(range(-1, 6), range(-1, 7))
+    absent = [prefix for prefix in grid if prefix not in present]
+    assert (trie.find(torch.tensor(absent)) == -1).all(), f"seed {seed}"
     leaves = torch.zeros(len(codes), dtype=torch.long)
     for d in range(3):
         leaves = trie.advance(leaves, codes[:, d], d)

@@ -36,10 +36,8 @@ class CodeTokens:
     def items_of(self, tokens: torch.Tensor) -> torch.Tensor:
         """The item of each row of code tokens (`[n, levels]`); 0 where a
         row is the code of no item."""
-        codes = tokens.cpu().long() - self.offsets
-        match = (codes[:, None, :] == self.codes[None, :, :]).all(-1)
-        found = match.any(1)
-        return torch.where(found, match.float().argmax(1) + 1, 0)
+        leaves = self.trie.find(tokens.cpu().long() - self.offsets)
+        return torch.where(leaves >= 0, self.trie.item(leaves.clamp(min=0)), 0)
 
     def level_of(self, token: torch.Tensor) -> torch.Tensor:
         return (token[..., None] >= self.offsets).sum(-1) - 1
@@ -134,6 +132,19 @@ class CodeTrie:
             lo = torch.where(active & less, mid + 1, lo)
             hi = torch.where(active & ~less, mid, hi)
         return lo
+
+    def find(self, prefixes: torch.Tensor) -> torch.Tensor:
+        """The node of each code prefix (`[n, depth]` token indices, any
+        values); -1 where a prefix is no real item's."""
+        nodes = torch.zeros(len(prefixes), dtype=torch.long, device=prefixes.device)
+        for depth in range(prefixes.shape[1]):
+            token, at = prefixes[:, depth], nodes.clamp(min=0)
+            child = self.advance(at, token, depth)
+            end = self.first[depth][at] + self.count[depth][at]
+            last = len(self.tokens[depth]) - 1
+            hit = (child < end) & (self.tokens[depth][child.clamp(max=last)] == token)
+            nodes = torch.where(hit & (nodes >= 0), child, -1)
+        return nodes
 
     def item(self, leaves: torch.Tensor) -> torch.Tensor:
         """Item ids of depth-`levels` nodes."""

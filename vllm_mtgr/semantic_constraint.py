@@ -13,13 +13,12 @@ logprob is then `vllm_mtgr.semantic`'s score.
 
 A request's depth in its code is its token count modulo the levels (its
 history is whole items), so the processor needs nothing beyond the tokens;
-each row's trie node is found once per token count, on the host, by a
-binary search over the sorted prefixes of each depth.
+each row's trie node and seen items are found once per token count, on
+the host trie, a batch per depth.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
@@ -35,12 +34,12 @@ class _Row:
     """One request: its prompt, its live output list, and what was derived
     from them at `length` tokens."""
 
-    def __init__(self, prompt: np.ndarray, output: list[int], exclude: bool) -> None:
+    def __init__(self, prompt: torch.Tensor, output: list[int], exclude: bool) -> None:
         self.prompt, self.output, self.exclude = prompt, output, exclude
         self.length = -1
         self.depth = 0
         self.node = 0
-        self.seen = np.zeros(0, dtype=np.int64)
+        self.seen = torch.zeros(0, dtype=torch.long)
 
 
 class SemanticIdConstraint(LogitsProcessor):
@@ -56,14 +55,6 @@ class SemanticIdConstraint(LogitsProcessor):
         self.vocab = vocab
         self.trie = CodeTrie(vocab.codes, vocab.sizes).to(device)
         self.device, self.pin_memory = device, is_pin_memory
-        self.offsets = vocab.offsets.numpy()
-        # Each depth's prefixes as mixed-radix keys, sorted: node order (the
-        # trie numbers a depth's nodes by their sorted prefixes).
-        codes = vocab.codes.numpy().astype(np.int64)
-        self.prefix_keys = [
-            np.unique(self._keys(codes[:, :depth])) for depth in range(vocab.levels + 1)
-        ]
-        self.leaf_items = self.trie.items.cpu().numpy()
         self.rows: dict[int, _Row] = {}
 
     def is_argmax_invariant(self) -> bool:
@@ -75,49 +66,47 @@ class SemanticIdConstraint(LogitsProcessor):
         prompt_ids: list[int] | None,
         output_ids: list[int],
     ) -> _Row:
-        prompt = np.asarray(prompt_ids or [], dtype=np.int64)
+        prompt = torch.tensor(prompt_ids or [], dtype=torch.long)
         return _Row(prompt, output_ids, exclude_seen_requested(params))
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         process_dict_updates(self.rows, batch_update, self._new_row)
 
-    def _keys(self, codes: np.ndarray) -> np.ndarray:
-        """Code prefixes `[n, depth]` as integers in their lexicographic order."""
-        sizes = self.vocab.sizes[: codes.shape[1]]
-        radix = [int(np.prod(sizes[level + 1 :])) for level in range(len(sizes))]
-        return codes @ np.asarray(radix, dtype=np.int64)
-
-    def _node(self, codes: np.ndarray) -> np.ndarray:
-        """The trie nodes of code prefixes `[n, depth]` (all of one depth);
-        -1 for a prefix of no item."""
-        keys, known = self._keys(codes), self.prefix_keys[codes.shape[1]]
-        nodes = np.searchsorted(known, keys).clip(max=len(known) - 1)
-        return np.where(known[nodes] == keys, nodes, -1)
-
-    def _refresh(self, row: _Row) -> None:
-        tokens = row.prompt
-        if row.output:
-            tokens = np.concatenate((tokens, np.asarray(row.output, np.int64)))
-        levels = self.vocab.levels
-        row.length = len(tokens)
-        row.depth = len(tokens) % levels
-        prefix = tokens[len(tokens) - row.depth :] - self.offsets[: row.depth]
-        # A beam past its request's last valid one (vLLM's beam search keeps
-        # -inf beams when too few are valid) has no node: all -inf.
-        row.node = int(self._node(prefix[None])[0])
-        if row.exclude:
-            whole = tokens[: len(tokens) - row.depth].reshape(-1, levels)
-            leaves = self._node(whole - self.offsets)
-            # A prompt of code tokens that are no item's (typed by a user) has
-            # nothing seen there.
-            row.seen = self.leaf_items[leaves[leaves >= 0]]
+    def _refresh(self, rows: list[_Row]) -> None:
+        """Each row's depth, trie node (-1: its prefix is no item's: vLLM's
+        beam search keeps -inf beams when too few are valid) and seen items,
+        found on the host trie, a batch per depth."""
+        vocab, levels = self.vocab, self.vocab.levels
+        tokens = [torch.cat([r.prompt, torch.tensor(r.output, dtype=torch.long)])
+                  for r in rows]  # fmt: skip
+        for row, row_tokens in zip(rows, tokens, strict=True):
+            row.length, row.depth = len(row_tokens), len(row_tokens) % levels
+        for depth in range(levels):
+            group = [i for i, row in enumerate(rows) if row.depth == depth]
+            if not group:
+                continue
+            prefixes = torch.stack([tokens[i][len(tokens[i]) - depth :] for i in group])
+            nodes = vocab.trie.find(prefixes - vocab.offsets[:depth]).tolist()
+            for i, node in zip(group, nodes, strict=True):
+                rows[i].node = node
+        seen = [i for i, row in enumerate(rows) if row.exclude]
+        if not seen:
+            return
+        wholes = [tokens[i][: len(tokens[i]) - rows[i].depth].view(-1, levels)
+                  for i in seen]  # fmt: skip
+        leaves = vocab.trie.find(torch.cat(wholes) - vocab.offsets)
+        per_row = leaves.split([len(whole) for whole in wholes])
+        for i, row_leaves in zip(seen, per_row, strict=True):
+            # Code tokens that are no item's (a prompt typed by a user): not seen.
+            rows[i].seen = vocab.trie.item(row_leaves[row_leaves >= 0])
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.rows:
             return logits
-        for row in self.rows.values():
-            if row.length != len(row.prompt) + len(row.output):
-                self._refresh(row)
+        stale = [row for row in self.rows.values()
+                 if row.length != len(row.prompt) + len(row.output)]  # fmt: skip
+        if stale:
+            self._refresh(stale)
         constrained = torch.full_like(logits, float("-inf"))
         for depth in range(self.vocab.levels):
             group = [
@@ -130,9 +119,9 @@ class SemanticIdConstraint(LogitsProcessor):
             if self.pin_memory:
                 host = host.pin_memory()
             indices, nodes = host.to(self.device, non_blocking=True).T
-            low, size = int(self.offsets[depth]), self.vocab.sizes[depth]
+            low, size = int(self.vocab.offsets[depth]), self.vocab.sizes[depth]
             logp = logits[indices, low : low + size].float().log_softmax(-1)
-            seen = [torch.from_numpy(row.seen) for _, row in group]
+            seen = [row.seen for _, row in group]
             excluded = excluded_nodes(self.trie, seen) if any(map(len, seen)) else None
             allowed = allowed_children(self.trie, nodes, depth, excluded)
             logp = logp.masked_fill(~allowed, float("-inf")).to(logits.dtype)

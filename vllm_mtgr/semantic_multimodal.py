@@ -18,12 +18,11 @@ from vllm.multimodal.parse import ModalityDataItems, MultiModalDataParser
 from vllm.multimodal.processing import (
     BaseDummyInputsBuilder,
     BaseMultiModalProcessor,
-    BaseProcessingInfo,
 )
 
 from vllm_mtgr.code_trie import CodeTokens
 from vllm_mtgr.events import EVENT_CHUNK_TOKENS, MODALITY, chunk_events
-from vllm_mtgr.multimodal import chunked_input, fields_config
+from vllm_mtgr.multimodal import EventsProcessingInfo, chunked_input, fields_config
 from vllm_mtgr.semantic_request import (
     SemanticRequest,
     catalogue_codes,
@@ -72,21 +71,15 @@ class SemanticDataParser(MultiModalDataParser):
         return {MODALITY: self._parse_request}
 
 
-class SemanticProcessingInfo(BaseProcessingInfo):
+class SemanticProcessingInfo(EventsProcessingInfo):
+    """The events modality's limits; items parsed from a semantic-ID request."""
+
     def code_tokens(self) -> CodeTokens:
         config = self.get_hf_config()
         return catalogue_codes(self.ctx.model_config.model, config.num_items)
 
     def get_data_parser(self) -> MultiModalDataParser:
         return SemanticDataParser(self.get_hf_config(), self.code_tokens())
-
-    def get_supported_mm_limits(self) -> Mapping[str, int | None]:
-        return {MODALITY: None}
-
-    def get_mm_max_tokens_per_item(
-        self, seq_len: int, mm_counts: Mapping[str, int]
-    ) -> Mapping[str, int]:
-        return {MODALITY: EVENT_CHUNK_TOKENS}
 
 
 def longest_request(config, levels: int, seq_len: int) -> dict:
