@@ -271,12 +271,10 @@ class MTGRForSemanticRetrieval(
         times = requests.times.repeat_interleave(beams)
         starts = torch.arange(num_requests + 1, device=device, dtype=torch.int32)
         starts = starts * beams
-        # Each beam's rows follow its parent's: the own-token K/V so far, too.
-        flat_parents = (
-            step.parents + torch.arange(num_requests, device=device)[:, None] * (
-                own[0][0].shape[0] // num_requests if own else 1
-            )
-        ).flatten()  # fmt: skip
+        if own:  # each beam's own-token K/V so far are its parent's rows
+            before = own[0][0].shape[0] // num_requests  # beams of the last step
+            first = torch.arange(num_requests, device=device)[:, None] * before
+            parent_rows = (first + step.parents).flatten()
         new_own = []
         for index, (layer, kv_cache) in enumerate(
             zip(model.layers, kv_caches, strict=True)
@@ -295,8 +293,8 @@ class MTGRForSemanticRetrieval(
                 bias_tables=tables,
             )  # fmt: skip
             if own:
-                keys = torch.cat([own[index][0][flat_parents], k[:, None]], 1)
-                values = torch.cat([own[index][1][flat_parents], v[:, None]], 1)
+                keys = torch.cat([own[index][0][parent_rows], k[:, None]], 1)
+                values = torch.cat([own[index][1][parent_rows], v[:, None]], 1)
             else:
                 keys, values = k[:, None], v[:, None]
             attention = attention + self._own_attention(layer, q, keys, values)
