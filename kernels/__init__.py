@@ -61,22 +61,26 @@ def candidate_attention(
     params: HSTUAttentionParams,
     output: torch.Tensor,
     bias_tables: KernelBiasTables | None = None,
+    silu_inputs: bool = False,
 ) -> None:
     """Ranking candidates over their request's cached history and themselves.
 
     See `paged_torch.candidate_attention_torch`; writes `output` `[C, heads,
-    value_dim]`.
+    value_dim]`. `silu_inputs`: `query`, `key` and `value` are the layer's
+    projection before its SiLU, which the attention applies as it reads them.
     """
     args = (query, key, value, times, limits, candidate_start, block_table)
     args += (kv_cache, pos_w, ts_w, params, output)
     if query.is_cuda:
         from .paged_triton import candidate_attention_triton
 
-        candidate_attention_triton(*args, bias_tables=bias_tables)
+        candidate_attention_triton(
+            *args, bias_tables=bias_tables, silu_inputs=silu_inputs
+        )
     else:
         from .paged_torch import candidate_attention_torch
 
-        candidate_attention_torch(*args)
+        candidate_attention_torch(*args, silu_inputs=silu_inputs)
 
 
 def write_kv_cache(
@@ -101,19 +105,23 @@ def gated_layer_norm(
     eps: float,
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
+    silu_gate: bool = False,
 ) -> torch.Tensor:
     """`gate * (LayerNorm(attention[..., :value_dim]) * weight + bias)` over
-    all heads of a token (no gate: the norm alone; no weight: no affine).
+    all heads of a token (no gate: the norm alone; no weight: no affine;
+    `silu_gate`: the gate is `silu(gate)`).
 
     `attention` is `[T, heads, width]`; the result `[T, heads * value_dim]`.
     """
     if attention.is_cuda:
         from .paged_triton import gated_layer_norm as fused
 
-        return fused(attention, value_dim, gate, eps, weight, bias)
+        return fused(attention, value_dim, gate, eps, weight, bias, silu_gate)
     values = attention[..., :value_dim].reshape(attention.shape[0], -1)
     normed = F.layer_norm(values, values.shape[-1:], weight, bias, eps)
-    return normed if gate is None else gate * normed
+    if gate is None:
+        return normed
+    return (F.silu(gate) if silu_gate else gate) * normed
 
 
 __all__ = [

@@ -178,6 +178,7 @@ def candidate_attention_torch(
     ts_w: torch.Tensor,
     params: HSTUAttentionParams,
     output: torch.Tensor,
+    silu_inputs: bool = False,
 ) -> None:
     """Candidates' attention: each over its request's cached keys and itself.
 
@@ -185,8 +186,11 @@ def candidate_attention_torch(
     of `query`/`key`/`value` (`[C, heads, dqk or dv]`, no slots); the request's
     history is in the cache through `block_table[r]`. A candidate sees the
     keys before its `limit` (its logical position) and its own key, which is
-    not in the cache; its query and key time is `times`.
+    not in the cache; its query and key time is `times`. `silu_inputs`:
+    query, key and value are taken before their SiLU.
     """
+    if silu_inputs:
+        query, key, value = (F.silu(x.float()).to(x.dtype) for x in (query, key, value))
     dqk, dv, n = params.attention_dim, params.value_dim, params.max_len
     hs = kv_cache.shape[-1] // 2
     starts = candidate_start.tolist()

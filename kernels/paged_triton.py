@@ -174,6 +174,16 @@ def _silu_half(a, DTYPE: tl.constexpr, FAST: tl.constexpr):
 
 
 @triton.jit
+def _activated(x, SILU: tl.constexpr):
+    """silu(x) in float32, rounded back to x's dtype as the PyTorch path
+    rounds its activated projection (SILU), or x unchanged."""
+    if SILU:
+        wide = x.to(tl.float32)
+        x = (wide * tl.sigmoid(wide)).to(x.dtype)
+    return x
+
+
+@triton.jit
 def _time_bias(high_q, low_q, high_k, low_k, TS_W, divisor,
                NUM_BUCKETS: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
     """ts_w[floor(ln(max(|t_q - t_k|, 1)) / divisor)], clamped to the table.
@@ -542,13 +552,16 @@ def _candidate_kernel(
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, HS: tl.constexpr,
     PAGE: tl.constexpr, NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr,
     FAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SILU_INPUTS: tl.constexpr,
 ):  # fmt: skip
     """BLOCK_M candidates of one request and one head: their request's cached
     keys before each one's limit, then each one's own key (not cached).
 
     Candidates scored at the request's time (one time, one limit: the usual
     case) share their bias row: a tile of them computes the bias once per
-    key, not once per score.
+    key, not once per score. SILU_INPUTS: q, k and v are the projection
+    before its SiLU, applied here as each is loaded once, rather than by a
+    pass over the whole `[C, 4 * heads * d]` projection before the launch.
     """
     head = tl.program_id(1)
     req, c_start, c_len, local = _tile(CANDIDATE_START, tl.program_id(0), num_reqs,
@@ -562,8 +575,9 @@ def _candidate_kernel(
     d_qk = tl.arange(0, BLOCK_DQK)
     d_v = tl.arange(0, BLOCK_DV)
     qk_mask = m_ok[:, None] & (d_qk[None, :] < DQK)
-    q = tl.load(Q + row[:, None] * stride_qt + head * stride_qh + d_qk[None, :],
-                mask=qk_mask, other=0.0) * 0.5  # fmt: skip
+    q = _activated(tl.load(Q + row[:, None] * stride_qt + head * stride_qh
+                           + d_qk[None, :], mask=qk_mask, other=0.0),
+                   SILU_INPUTS) * 0.5  # fmt: skip
     when = tl.load(TIMES + row, mask=m_ok, other=0)
     limit = tl.load(LIMITS + row, mask=m_ok, other=0)
     prefix_end = tl.max(limit, axis=0)
@@ -574,10 +588,13 @@ def _candidate_kernel(
 
     # Own key first, as the accumulator's start (its operands then are not
     # live through the loop): distance 0, time difference 0 (bucket 0).
-    k = tl.load(K + row[:, None] * stride_kt + head * stride_kh + d_qk[None, :],
-                mask=qk_mask, other=0.0)  # fmt: skip
-    v = tl.load(V + row[:, None] * stride_vt + head * stride_vh + d_v[None, :],
-                mask=m_ok[:, None] & (d_v[None, :] < DV), other=0.0)  # fmt: skip
+    k = _activated(tl.load(K + row[:, None] * stride_kt + head * stride_kh
+                           + d_qk[None, :], mask=qk_mask, other=0.0),
+                   SILU_INPUTS)  # fmt: skip
+    v = _activated(tl.load(V + row[:, None] * stride_vt + head * stride_vh
+                           + d_v[None, :], mask=m_ok[:, None] & (d_v[None, :] < DV),
+                           other=0.0),
+                   SILU_INPUTS)  # fmt: skip
     own = tl.sum(q.to(tl.float32) * k.to(tl.float32), axis=1)
     own = 2.0 * (own + own_bias + tl.load(TS_W))
     acc = (own * tl.sigmoid(own))[:, None] * v.to(tl.float32)
@@ -629,7 +646,7 @@ def _write_kv_kernel(
 def _layer_norm_kernel(
     X, U, W, B, OUT, stride_xt, stride_xh, stride_ut, stride_ot, eps,
     HEADS: tl.constexpr, DV: tl.constexpr, BLOCK: tl.constexpr,
-    HAS_GATE: tl.constexpr, HAS_AFFINE: tl.constexpr,
+    HAS_GATE: tl.constexpr, HAS_AFFINE: tl.constexpr, SILU_GATE: tl.constexpr,
 ):  # fmt: skip
     token = tl.program_id(0).to(tl.int64)
     i = tl.arange(0, BLOCK)
@@ -646,7 +663,9 @@ def _layer_norm_kernel(
         y = y * tl.load(W + i, mask=ok, other=0.0).to(tl.float32)
         y = y + tl.load(B + i, mask=ok, other=0.0).to(tl.float32)
     if HAS_GATE:
-        y = y * tl.load(U + token * stride_ut + i, mask=ok, other=0.0).to(tl.float32)
+        gate = _activated(tl.load(U + token * stride_ut + i, mask=ok, other=0.0),
+                          SILU_GATE)  # fmt: skip
+        y = y * gate.to(tl.float32)
     tl.store(OUT + token * stride_ot + i, y.to(OUT.dtype.element_ty), mask=ok)
 
 
@@ -855,6 +874,7 @@ def candidate_attention_triton(
     params: HSTUAttentionParams,
     output: torch.Tensor,
     bias_tables: KernelBiasTables | None = None,
+    silu_inputs: bool = False,
     config: tuple[int, int, int, int] | None = None,
 ) -> None:
     """Triton `paged_torch.candidate_attention_torch`: one launch for all
@@ -880,7 +900,7 @@ def candidate_attention_triton(
         output.stride(0), output.stride(1), block_table.stride(0),
         copies.stride(0), num_reqs, params.max_len, params.time_bucket_divisor,
         1.0 / params.normalizer, BLOCK_M=block_m, BLOCK_N=block_n, **common,
-        num_warps=warps, num_stages=stages,
+        SILU_INPUTS=silu_inputs, num_warps=warps, num_stages=stages,
     )  # fmt: skip
 
 
@@ -892,9 +912,11 @@ def gated_layer_norm(
     eps: float,
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
+    silu_gate: bool = False,
 ) -> torch.Tensor:
     """`gate * (LayerNorm(attention[..., :value_dim]) * weight + bias)` over
-    all heads of a token, in one pass; without `gate`, without the affine.
+    all heads of a token, in one pass; without `gate`, without the affine;
+    `silu_gate`: `silu(gate)` instead of `gate`.
 
     `attention` is `[T, heads, width]` (width >= value_dim, any strides);
     `gate` and the result are `[T, heads * value_dim]`. A custom op, so that
@@ -909,10 +931,11 @@ def gated_layer_norm(
             out.stride(0), eps, HEADS=heads, DV=value_dim,
             BLOCK=triton.next_power_of_2(heads * value_dim),
             HAS_GATE=gate is not None, HAS_AFFINE=weight is not None,
+            SILU_GATE=silu_gate,
         )  # fmt: skip
     return out
 
 
 @gated_layer_norm.register_fake
-def _(attention, value_dim, gate, eps, weight=None, bias=None):
+def _(attention, value_dim, gate, eps, weight=None, bias=None, silu_gate=False):
     return attention.new_empty(attention.shape[0], attention.shape[1] * value_dim)

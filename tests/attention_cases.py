@@ -253,13 +253,15 @@ def make_candidate_case(
     device: str = "cpu",
     with_expected: bool = True,
     at_request_time: bool = False,
+    pre_activation: bool = False,
 ) -> CandidateCase:
     """Histories in shuffled cache blocks and candidates whose limits fall
     anywhere in their history (as real-time events before a candidate's time
     do), or, `at_request_time`, candidates that all see the whole history at
     one time after it (a request scored now). The answer: dense attention
     over the history followed by the candidates, each a key of its own,
-    under the MTGR mask rules (`_dense`)."""
+    under the MTGR mask rules (`_dense`). `pre_activation`: the case's
+    query, key and value are taken before their SiLU (`silu_inputs`)."""
     g = generator or torch.Generator().manual_seed(0)
     max_len = max(max_len, max(history_lens) + 1)
     params = HSTUAttentionParams(dqk, dv, max_len, float(max_len), 0.301)
@@ -293,9 +295,11 @@ def make_candidate_case(
         positions = torch.arange(length, device=device)
         where = (blocks[positions // block_size], slice(None), positions % block_size)
         kv_cache[where] = slots.to(dtype)
-        q = randn(count, heads, dqk).to(dtype)
-        k = randn(count, heads, dqk).to(dtype)
-        v = randn(count, heads, dv).to(dtype)
+        raw = [randn(count, heads, d).to(dtype) for d in (dqk, dqk, dv)]
+        if pre_activation:  # rounded as the projection's SiLU output is
+            q, k, v = (F.silu(x.float()).to(dtype) for x in raw)
+        else:
+            q, k, v = raw
         limits = torch.randint(1, length + 1, (count,), generator=g).to(device)
         jitter = torch.randint(-(10**6), 10**6, (count,), generator=g)
         if at_request_time:
@@ -304,7 +308,7 @@ def make_candidate_case(
         times = key_times[-1] + jitter.to(device)
         for name, value in zip(
             ("query", "key", "value", "times", "limits"),
-            (q, k, v, times.to(device), limits.to(torch.int32)),
+            (*raw, times.to(device), limits.to(torch.int32)),
             strict=True,
         ):
             parts[name].append(value)

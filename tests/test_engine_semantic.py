@@ -79,9 +79,7 @@ def test_beams_equal_the_oracle_for_a_batch_of_users(llm, semantic_model):
         check(result, oracle(semantic_model, request))
 
 
-def test_returning_users_reuse_their_history_and_equal_the_oracle(
-    llm, semantic_model
-):
+def test_returning_users_reuse_their_history_and_equal_the_oracle(llm, semantic_model):
     llm.reset_prefix_cache()
     rng = random.Random(12)
     cold = [random_request(rng, events=e, width=5) for e in (30, 9, 22)]
@@ -111,9 +109,12 @@ def test_no_invalid_or_seen_item_in_random_requests(llm, semantic_model):
     seed = random.randrange(2**31)
     rng = random.Random(seed)
     requests = [
-        random_request(rng, events=rng.randint(1, MAX_EVENTS),
-                       width=rng.randint(1, MAX_BEAM),
-                       exclude_seen=rng.random() < 0.8)  # fmt: skip
+        random_request(
+            rng,
+            events=rng.randint(1, MAX_EVENTS),
+            width=rng.randint(1, MAX_BEAM),
+            exclude_seen=rng.random() < 0.8,
+        )  # fmt: skip
         for _ in range(1000)
     ]
     results = []

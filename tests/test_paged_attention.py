@@ -66,11 +66,17 @@ def test_kv_cache_write_follows_the_slot_mapping():
     [([40, 7, 100], [9, 1, 30]), ([16, 33], [5, 64]), ([1], [3])],
     ids=["ragged", "block_boundaries", "one_key"],
 )
-def test_candidates_attend_to_their_history_and_themselves(history_lens, counts):
+@pytest.mark.parametrize("silu_inputs", [False, True], ids=["activated", "raw"])
+def test_candidates_attend_to_their_history_and_themselves(
+    history_lens, counts, silu_inputs
+):
     seed = random.randrange(2**31)
     case = make_candidate_case(
-        history_lens, counts, generator=torch.Generator().manual_seed(seed)
+        history_lens,
+        counts,
+        generator=torch.Generator().manual_seed(seed),
+        pre_activation=silu_inputs,
     )
-    got = case.run(candidate_attention)
+    got = case.run(candidate_attention, silu_inputs=silu_inputs)
     assert not got.isnan().any(), f"seed {seed}"
     assert relative_error(got, case.expected) < 1e-5, f"seed {seed}"

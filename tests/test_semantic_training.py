@@ -110,6 +110,8 @@ def test_the_written_model_serves_the_examples_beams(tmp_path):
     for row, result in enumerate(output.outputs["results"]):
         assert result["items"] == found[row].tolist()
         torch.testing.assert_close(
-            torch.tensor(result["scores"], dtype=torch.float64), scores[row].double(),
-            rtol=1e-4, atol=1e-4,
+            torch.tensor(result["scores"], dtype=torch.float64),
+            scores[row].double(),
+            rtol=1e-4,
+            atol=1e-4,
         )

@@ -154,7 +154,10 @@ def test_head_dims(dtype, dqk, dv):
     ids=["ragged", "tile_boundaries", "odd_head_dim", "hstu_large_heads"],
 )
 @pytest.mark.parametrize("at_request_time", [False, True], ids=["anytime", "now"])
-def test_candidate_kernel(dtype, page, history_lens, counts, dqk, dv, at_request_time):
+@pytest.mark.parametrize("silu_inputs", [False, True], ids=["activated", "raw"])
+def test_candidate_kernel(
+    dtype, page, history_lens, counts, dqk, dv, at_request_time, silu_inputs
+):
     seed = _seed()
     case = make_candidate_case(
         history_lens,
@@ -166,28 +169,34 @@ def test_candidate_kernel(dtype, page, history_lens, counts, dqk, dv, at_request
         device=DEVICE,
         generator=torch.Generator().manual_seed(seed),
         at_request_time=at_request_time,
+        pre_activation=silu_inputs,
     )
-    got = case.run(candidate_attention_triton)
+    got = case.run(candidate_attention_triton, silu_inputs=silu_inputs)
     assert not got.isnan().any(), f"seed {seed}: unwritten output"
     assert relative_error(got, case.expected) < TOLERANCE[dtype], f"seed {seed}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("affine", [False, True], ids=["plain", "affine"])
-@pytest.mark.parametrize("gated", [False, True], ids=["no_gate", "gate"])
-def test_gated_layer_norm(dtype, affine, gated):
+@pytest.mark.parametrize("gate", ["none", "plain", "silu"])
+def test_gated_layer_norm(dtype, affine, gate):
     heads, dv, width = 3, 24, 32
     attention = torch.randn(7, heads, width, device=DEVICE, dtype=dtype)
-    gate = torch.randn(7, heads * dv, device=DEVICE, dtype=dtype) if gated else None
+    u = torch.randn(7, heads * dv, device=DEVICE, dtype=dtype)
     weight = torch.randn(heads * dv, device=DEVICE) if affine else None
     bias = torch.randn(heads * dv, device=DEVICE) if affine else None
     values = attention[..., :dv].reshape(7, heads * dv).float()
     expected = torch.nn.functional.layer_norm(
         values, [heads * dv], weight, bias, eps=1e-6
     )
-    if gated:
-        expected = gate.float() * expected
-    got = gated_layer_norm(attention, dv, gate, 1e-6, weight, bias)
+    if gate == "plain":
+        expected = u.float() * expected
+    elif gate == "silu":
+        expected = torch.nn.functional.silu(u.float()) * expected
+    got = gated_layer_norm(
+        attention, dv, None if gate == "none" else u, 1e-6, weight, bias,
+        silu_gate=gate == "silu",
+    )  # fmt: skip
     assert relative_error(got, expected) < TOLERANCE[dtype]
 
 

@@ -119,17 +119,24 @@ class CandidateBatch:
         start = np.zeros(len(counts) + 1, dtype=np.int32)
         np.cumsum(counts, out=start[1:])
 
-        def joined(name: str, dtype: np.dtype) -> torch.Tensor:
-            values = np.concatenate([entry[name] for entry in entries]).astype(
-                dtype, copy=False
-            )
-            return torch.from_numpy(values).to(device, non_blocking=True)
+        pinned = device.type == "cuda"
+
+        def joined(name: str, dtype: torch.dtype) -> torch.Tensor:
+            parts = [entry[name] for entry in entries]
+            shape = (int(start[-1]), *parts[0].shape[1:])
+            # Joined straight into page-locked memory, from which the copy is
+            # one DMA; from pageable memory the driver stages it through a
+            # buffer of its own (the DLRMv3 pass's copies took 0.5 ms of
+            # device time that way on the H200).
+            host = torch.empty(shape, dtype=dtype, pin_memory=pinned)
+            np.concatenate(parts, out=host.numpy())
+            return host.to(device, non_blocking=True)
 
         return cls(
-            items=joined("candidate_items", np.int64),
-            features=joined("candidate_features", np.float32),
-            times=joined("candidate_times", np.int64),
-            limits=joined("candidate_limits", np.int32),
+            items=joined("candidate_items", torch.int64),
+            features=joined("candidate_features", torch.float32),
+            times=joined("candidate_times", torch.int64),
+            limits=joined("candidate_limits", torch.int32),
             start=torch.from_numpy(start).to(device, non_blocking=True),
             block_table=block_table,
             counts=counts,

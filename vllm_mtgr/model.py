@@ -99,18 +99,24 @@ class GroupLayerNorm(nn.Module):
         x: torch.Tensor,
         groups: torch.Tensor | int,
         gate: torch.Tensor | None = None,
+        silu_gate: bool = False,
     ) -> torch.Tensor:
         """`gate * (LayerNorm(x) * weight[group] + bias[group])`, `[T, width]`,
-        for `x` `[T, heads, dim]` normed over heads * dim (no gate: without)."""
+        for `x` `[T, heads, dim]` normed over heads * dim (no gate: without;
+        `silu_gate`: `silu(gate)` instead of `gate`)."""
         if isinstance(groups, int):
-            # One group (the candidates): norm, affine and gate in one kernel
-            # over the pass's ~65k rows, instead of four.
+            # One group (the candidates): norm, affine, gate and its SiLU in
+            # one kernel over the pass's ~65k rows, instead of five.
             weight, bias = self.weight[groups], self.bias[groups]
-            return gated_layer_norm(x, x.shape[-1], gate, self.eps, weight, bias)
+            return gated_layer_norm(
+                x, x.shape[-1], gate, self.eps, weight, bias, silu_gate
+            )
         flat = x.reshape(x.shape[0], -1)
         normed = F.layer_norm(flat, flat.shape[-1:], eps=self.eps)
         normed = normed * self.weight[groups] + self.bias[groups]
-        return normed if gate is None else gate * normed
+        if gate is None:
+            return normed
+        return (F.silu(gate) if silu_gate else gate) * normed
 
 
 class HSTUBlock(nn.Module):
@@ -166,16 +172,22 @@ class HSTUBlock(nn.Module):
             )
 
     def project(
-        self, x: torch.Tensor, groups: torch.Tensor | int | None = None
+        self,
+        x: torch.Tensor,
+        groups: torch.Tensor | int | None = None,
+        activate: bool = True,
     ) -> tuple[torch.Tensor, ...]:
-        """(u, v, q, k) of each token, `[T, heads * dim]` each."""
+        """(u, v, q, k) of each token, `[T, heads * dim]` each (not
+        `activate`: before their SiLU, for kernels that apply it as they read)."""
         h, dqk, dv = self.heads, self.dqk, self.dv
         if self.input_norm is not None:
             normed = self.input_norm(x[:, None], groups)
         else:
             normed = F.layer_norm(x, x.shape[-1:], eps=self.eps)
         uvqk, _ = self.uvqk_proj(normed)
-        return F.silu(uvqk).split([h * dv, h * dv, h * dqk, h * dqk], dim=-1)
+        if activate:
+            uvqk = F.silu(uvqk)
+        return uvqk.split([h * dv, h * dv, h * dqk, h * dqk], dim=-1)
 
     def finish(
         self,
@@ -183,12 +195,14 @@ class HSTUBlock(nn.Module):
         attention: torch.Tensor,
         u: torch.Tensor,
         groups: torch.Tensor | int | None = None,
+        silu_gate: bool = False,
     ) -> torch.Tensor:
         """x + o_proj(u * norm(attention)); `attention` is `[T, heads, width]`
-        with each head's values first."""
+        with each head's values first; `silu_gate`: `u` is before its SiLU
+        (MTGR's group norms only)."""
         h, dv = self.heads, self.dv
         if self.output_norm is not None:
-            gated = self.output_norm(attention[..., :dv], groups, u)
+            gated = self.output_norm(attention[..., :dv], groups, u, silu_gate)
         elif self.tp_size == 1:
             gated = gated_layer_norm(attention, dv, u, self.eps)
         else:

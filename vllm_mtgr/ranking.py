@@ -53,7 +53,7 @@ from vllm_mtgr.model import (
     load_weights_by_name,
     merge_event_embeddings,
 )
-from vllm_mtgr.multimodal import to_device_by_item
+from vllm_mtgr.multimodal import to_device
 from vllm_mtgr.ranking_multimodal import (
     CONTEXT_ITEM,
     MODALITY,
@@ -118,18 +118,17 @@ class MTGRRankingModel(nn.Module):
             x = x + self.action_embedding(actions)
         return x
 
-    def embed_item(self, kind: int, fields: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Token embeddings of one ranking item (the context or real-time events)."""
-        values = fields["values"]
-        if kind == CONTEXT_ITEM:
-            profile = self.config.num_profile_features
-            return torch.cat(
-                [
-                    self.profile_embedding(values[:profile]),
-                    self.embed_events(values[profile:], fields["actions"][profile:]),
-                ]
-            )
-        return self.embed_events(values, fields["actions"])
+    def embed_items(
+        self, values: torch.Tensor, actions: torch.Tensor, is_profile: torch.Tensor
+    ) -> torch.Tensor:
+        """Token embeddings of ranking items joined (contexts, real-time
+        events): a profile feature's row from its table, an event's as
+        `embed_events`. Both lookups run over all rows, with the other
+        kind's ids at 0: two gathers for the whole batch, not a few small
+        kernels per item."""
+        events = self.embed_events(values.masked_fill(is_profile, 0), actions)
+        profile = self.profile_embedding(values.masked_fill(~is_profile, 0))
+        return torch.where(is_profile[:, None], profile.to(events.dtype), events)
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         # Every ranking token is replaced by its item's embedding; this only
@@ -170,7 +169,10 @@ class MTGRRankingModel(nn.Module):
         x = self.candidate_mlp(self.item_embedding(batch.items), batch.features)
         x = x + self.position_embedding(batch.limits)
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-            u, v, q, k = layer.project(x, CANDIDATE)
+            # The projection's SiLU is left to its readers (the attention and
+            # the gated norm), each reading its part once: a pass over the
+            # [C, 4 * heads * d] projection the fewer per layer.
+            u, v, q, k = layer.project(x, CANDIDATE, activate=False)
             rows, h, dqk, dv = x.shape[0], layer.heads, layer.dqk, layer.dv
             attention = x.new_empty(rows, h, dv)
             bias = layer.attn.relative_bias
@@ -178,9 +180,9 @@ class MTGRRankingModel(nn.Module):
                 q.view(rows, h, dqk), k.view(rows, h, dqk), v.view(rows, h, dv),
                 batch.times, batch.limits, batch.start, batch.block_table,
                 kv_cache, bias.position_weight, bias.time_weight, layer.params,
-                attention, bias_tables=bias.kernel_tables,
+                attention, bias_tables=bias.kernel_tables, silu_inputs=True,
             )  # fmt: skip
-            x = layer.finish(x, attention, u, CANDIDATE)
+            x = layer.finish(x, attention, u, CANDIDATE, silu_gate=True)
         return x
 
 
@@ -249,15 +251,19 @@ class MTGRForRanking(nn.Module, SupportsMultiModal, SupportsMRoPE):
     def embed_multimodal(self, **kwargs: object) -> Sequence[torch.Tensor]:
         device = self.model.position_embedding.weight.device
         kinds = [int(kind[0]) for kind in as_tensor_list(kwargs["kind"])]
-        names = ("values", "actions")
-        fields = {
-            name: to_device_by_item(as_tensor_list(kwargs[name]), device)
-            for name in names
-        }
-        return [
-            self.model.embed_item(kind, {name: fields[name][i] for name in names})
-            for i, kind in enumerate(kinds)
-        ]
+        values = as_tensor_list(kwargs["values"])
+        lengths = [len(item) for item in values]
+        # A context item's first rows are its profile features.
+        profile = self.config.num_profile_features
+        is_profile = torch.cat([
+            torch.arange(length) < (profile if kind == CONTEXT_ITEM else 0)
+            for kind, length in zip(kinds, lengths, strict=True)
+        ])  # fmt: skip
+        joined = (torch.cat(values), torch.cat(as_tensor_list(kwargs["actions"])))
+        embeds = self.model.embed_items(
+            *(to_device(x, device) for x in (*joined, is_profile))
+        )
+        return list(embeds.split(lengths))
 
     def embed_input_ids(
         self,
