@@ -623,23 +623,28 @@ def _candidate_kernel(
 
 @triton.jit
 def _write_kv_kernel(
-    KEY, VALUE, KV, SLOTS, stride_kt, stride_kh, stride_vt, stride_vh,
-    stride_kvb, stride_kvh, stride_kvn, HS: tl.constexpr, PAGE: tl.constexpr,
-    BLOCK: tl.constexpr,
+    KEY, VALUE, KV, SLOTS, num_tokens, stride_kt, stride_kh, stride_vt, stride_vh,
+    stride_kvb, stride_kvh, stride_kvn, HEADS: tl.constexpr, HS: tl.constexpr,
+    PAGE: tl.constexpr, BLOCK: tl.constexpr, COLUMNS: tl.constexpr,
+    TOKENS: tl.constexpr,
 ):  # fmt: skip
-    token = tl.program_id(0).to(tl.int64)
-    head = tl.program_id(1)
-    slot = tl.load(SLOTS + token).to(tl.int64)
-    if slot < 0:  # padding: the token has no cache slot
-        return
-    d = tl.arange(0, BLOCK)
-    ok = d < HS
+    """TOKENS tokens, all heads: a program per (token, head) moved one row of
+    ~0.3 KB and ran the KV write at under half the copy bandwidth."""
+    token = tl.program_id(0).to(tl.int64) * TOKENS + tl.arange(0, TOKENS)
+    slot = tl.load(SLOTS + token, mask=token < num_tokens, other=-1).to(tl.int64)
+    column = tl.arange(0, COLUMNS)
+    head, d = column // BLOCK, column % BLOCK
+    # Padding tokens (slot -1) have no cache slot.
+    ok = (slot >= 0)[:, None] & ((head < HEADS) & (d < HS))[None, :]
     page, offset = slot // PAGE, slot % PAGE
-    row = KV + page * stride_kvb + head * stride_kvh + offset * stride_kvn
-    key = tl.load(KEY + token * stride_kt + head * stride_kh + d, mask=ok)
-    value = tl.load(VALUE + token * stride_vt + head * stride_vh + d, mask=ok)
-    tl.store(row + d, key.to(KV.dtype.element_ty), mask=ok)
-    tl.store(row + HS + d, value.to(KV.dtype.element_ty), mask=ok)
+    row = KV + page * stride_kvb + offset * stride_kvn
+    out = row[:, None] + head[None, :] * stride_kvh + d[None, :]
+    key = tl.load(KEY + token[:, None] * stride_kt + head[None, :] * stride_kh
+                  + d[None, :], mask=ok)  # fmt: skip
+    value = tl.load(VALUE + token[:, None] * stride_vt + head[None, :] * stride_vh
+                    + d[None, :], mask=ok)  # fmt: skip
+    tl.store(out, key.to(KV.dtype.element_ty), mask=ok)
+    tl.store(out + HS, value.to(KV.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -684,11 +689,14 @@ def write_kv_cache_triton(
     if num_tokens == 0:
         return
     hs = kv_cache.shape[-1] // 2
-    _write_kv_kernel[(num_tokens, heads)](
-        key, value, kv_cache, slot_mapping, key.stride(0), key.stride(1),
-        value.stride(0), value.stride(1), kv_cache.stride(0), kv_cache.stride(1),
-        kv_cache.stride(2), HS=hs, PAGE=kv_cache.shape[2],
-        BLOCK=triton.next_power_of_2(hs),
+    block = triton.next_power_of_2(hs)
+    columns = triton.next_power_of_2(heads) * block
+    tokens = max(1, 4096 // columns)  # ~4k elements of K and of V per program
+    _write_kv_kernel[(triton.cdiv(num_tokens, tokens),)](
+        key, value, kv_cache, slot_mapping, num_tokens, key.stride(0),
+        key.stride(1), value.stride(0), value.stride(1), kv_cache.stride(0),
+        kv_cache.stride(1), kv_cache.stride(2), HEADS=heads, HS=hs,
+        PAGE=kv_cache.shape[2], BLOCK=block, COLUMNS=columns, TOKENS=tokens,
     )  # fmt: skip
 
 
