@@ -173,12 +173,14 @@ def _silu_half(a, DTYPE: tl.constexpr, FAST: tl.constexpr):
 
 
 @triton.jit
-def _activated(x, SILU: tl.constexpr):
-    """silu(x) in float32, rounded back to x's dtype as the PyTorch path
-    rounds its activated projection (SILU), or x unchanged."""
+def _activated(x, SILU: tl.constexpr, FAST: tl.constexpr):
+    """silu(x) in x's dtype (SILU), or x unchanged. Fast: `_silu_half`'s
+    packed tanh, two elements per SFU op; a float32 sigmoid (exp and a true
+    division per element) over a candidate tile's q, k and v made the
+    candidate kernel 25% slower in the DLRMv3 forward (H200, 2026-12-03),
+    its programs being short (one history of ~1000 keys each)."""
     if SILU:
-        wide = x.to(tl.float32)
-        x = (wide * tl.sigmoid(wide)).to(x.dtype)
+        x = _silu_half(x.to(tl.float32) * 0.5, x.dtype, FAST)
     return x
 
 
@@ -576,7 +578,7 @@ def _candidate_kernel(
     qk_mask = m_ok[:, None] & (d_qk[None, :] < DQK)
     q = _activated(tl.load(Q + row[:, None] * stride_qt + head * stride_qh
                            + d_qk[None, :], mask=qk_mask, other=0.0),
-                   SILU_INPUTS) * 0.5  # fmt: skip
+                   SILU_INPUTS, FAST) * 0.5  # fmt: skip
     when = tl.load(TIMES + row, mask=m_ok, other=0)
     limit = tl.load(LIMITS + row, mask=m_ok, other=0)
     prefix_end = tl.max(limit, axis=0)
@@ -589,11 +591,11 @@ def _candidate_kernel(
     # live through the loop): distance 0, time difference 0 (bucket 0).
     k = _activated(tl.load(K + row[:, None] * stride_kt + head * stride_kh
                            + d_qk[None, :], mask=qk_mask, other=0.0),
-                   SILU_INPUTS)  # fmt: skip
+                   SILU_INPUTS, FAST)  # fmt: skip
     v = _activated(tl.load(V + row[:, None] * stride_vt + head * stride_vh
                            + d_v[None, :], mask=m_ok[:, None] & (d_v[None, :] < DV),
                            other=0.0),
-                   SILU_INPUTS)  # fmt: skip
+                   SILU_INPUTS, FAST)  # fmt: skip
     own = tl.sum(q.to(tl.float32) * k.to(tl.float32), axis=1)
     own = 2.0 * (own + own_bias + tl.load(TS_W))
     acc = (own * tl.sigmoid(own))[:, None] * v.to(tl.float32)
@@ -667,8 +669,9 @@ def _layer_norm_kernel(
         y = y * tl.load(W + i, mask=ok, other=0.0).to(tl.float32)
         y = y + tl.load(B + i, mask=ok, other=0.0).to(tl.float32)
     if HAS_GATE:
+        # Exact (not FAST): this kernel is bound by memory, not by SFU ops.
         gate = _activated(tl.load(U + token * stride_ut + i, mask=ok, other=0.0),
-                          SILU_GATE)  # fmt: skip
+                          SILU_GATE, False)  # fmt: skip
         y = y * gate.to(tl.float32)
     tl.store(OUT + token * stride_ot + i, y.to(OUT.dtype.element_ty), mask=ok)
 
