@@ -66,6 +66,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from vllm_mtgr.slots import TIME_SLOTS
 
 from .paged_torch import (
+    BOX_ROWS,
     HSTUAttentionParams,
     KernelBiasTables,
     kernel_bias_tables,
@@ -706,12 +707,11 @@ def _position_box(
     box: torch.Tensor, block_m: int, block_n: int
 ) -> TensorDescriptor | None:
     """A TMA descriptor of the position box table (`KernelBiasTables`) for
-    tiles of `block_m` x `block_n`, where TMA is (`_has_tma`) and the box has
-    a column for each row of the tile; None elsewhere: every tile then reads
-    its rows' runs. Its rows hold keys, so a tile's box starts at row `x`,
-    column 0: a TMA box may start anywhere, but the interpreter wants the
-    innermost coordinate 16-byte aligned."""
-    if block_m > box.shape[1] or not _has_tma(box):
+    tiles of `block_m` x `block_n`, where TMA is (`_has_tma`); None elsewhere:
+    every tile then reads its rows' runs. Its rows hold keys, so a tile's box
+    starts at row `x`, column 0: a TMA box may start anywhere, but the
+    interpreter wants the innermost coordinate 16-byte aligned."""
+    if block_m > BOX_ROWS or not _has_tma(box):
         return None
     shape, strides = list(box.shape), list(box.stride())
     return TensorDescriptor(box, shape, strides, [block_n, block_m])
@@ -771,9 +771,8 @@ def _prefill_blocks(dqk: int, dv: int) -> tuple[int, int, int, int]:
     --sections sweep`, `benchmarks/results/h200-20261202c`): with the
     position box, 3 stages ran 4% faster than 2 at 32 x 4096 (188-190 vs
     180-182 TFLOP/s) and 1.5% faster for request-time candidates; 128-row
-    tiles had no position box then (`BOX_ROWS` was 64). Head dims above 128
-    keep the 32-key, 2-stage tile of earlier sweeps (not re-swept with the
-    box)."""
+    tiles have no position box (`BOX_ROWS`). Head dims above 128 keep the
+    32-key, 2-stage tile of earlier sweeps (not re-swept with the box)."""
     if max(dqk, dv) > 128:
         return 64, 32, 4, 2
     return 64, 64, 4, 3

@@ -55,14 +55,9 @@ def _seed() -> int:
 PAGES = [16, 64, 128]
 
 
-# (tile config, position box columns): the default tile; 128-row tiles with
-# the box; and with a box narrower than the tile, where every tile reads its
+# Tiles of 128 rows have no position box (`BOX_ROWS`): every tile reads its
 # rows' runs, as on GPUs without TMA.
-TILES = {
-    "default": (None, None),
-    "box_128_rows": ((128, 64, 8, 2), None),
-    "rows_runs": ((128, 64, 8, 2), 64),
-}
+TILES = {"default": None, "rows_runs": (128, 64, 8, 2)}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -82,15 +77,7 @@ def test_prefill_kernel(name, page, dtype, tile):
         device=DEVICE,
         generator=torch.Generator().manual_seed(seed),
     )
-    config, box_columns = TILES[tile]
-    tables = kernel_bias_tables(case.pos_w, case.ts_w)
-    if box_columns is not None:
-        narrow = tables.position_box[:, :box_columns].contiguous()
-        tables = tables._replace(position_box=narrow)
-    got = case.run(
-        hstu_attention_triton, max(query_lens), prefill_config=config,
-        bias_tables=tables,
-    )  # fmt: skip
+    got = case.run(hstu_attention_triton, max(query_lens), prefill_config=TILES[tile])
     assert not got.isnan().any(), f"seed {seed}: unwritten output"
     assert relative_error(got, case.expected) < TOLERANCE[dtype], f"seed {seed}"
 
