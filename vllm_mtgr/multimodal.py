@@ -145,14 +145,6 @@ def host_fields(
     }
 
 
-def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on `device`; to a GPU through page-locked memory, one
-    DMA without the driver's staging copy of pageable memory."""
-    if device.type == "cuda":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
-
-
 def fields_config(extra: Sequence[str] = ()) -> dict[str, MultiModalFieldConfig]:
     return host_fields(MODALITY, FIELDS + tuple(extra))
 
