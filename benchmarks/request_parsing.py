@@ -21,7 +21,7 @@ import numpy as np
 
 from vllm_mtgr.arrays import encode_array
 from vllm_mtgr.converters.presets import PRESETS
-from vllm_mtgr.ranking_request import parse_ranking_request
+from vllm_mtgr.requests.ranking import parse_ranking_request
 
 HISTORY, CANDIDATES = 1024, 2048
 

@@ -33,7 +33,7 @@ import torch
 from report import markdown_table
 
 from vllm_mtgr.converters.presets import PRESETS
-from vllm_mtgr.scoring_head import ScoringHead
+from vllm_mtgr.models.scoring_head import ScoringHead
 from vllm_mtgr.trt import onnx_export, triton_repository
 from vllm_mtgr.trt.names import INPUT, MODEL_NAME, OUTPUT
 

@@ -7,11 +7,11 @@
 
 One model, two ways of serving it, each in its own engine and process:
 - ours: `MTGRForSemanticRetrieval`, the whole constrained beam search in the
-  pooler of the step that completes a history (`vllm_mtgr.semantic`),
+  pooler of the step that completes a history (`vllm_mtgr.models.semantic`),
   through `LLM.encode`;
 - vLLM's: the same directory as a causal LM (`MTGRForCausalLM`), decoded by
   `LLM.beam_search`, kept to real items by
-  `vllm_mtgr.semantic_constraint` (without it vLLM's beams are any token
+  `vllm_mtgr.decoding.semantic_constraint` (without it vLLM's beams are any token
   tuples: most would be no item).
 The model is a random HSTU (real weights in safetensors, Meta's checkpoint
 format converted) over the codes of a random catalogue (residual k-means of
@@ -88,10 +88,10 @@ CPU = replace(
 
 def write_model(work: Workload, out: Path) -> Path:
     """A random HSTU over a random catalogue's codes, as a semantic-ID model."""
-    from vllm_mtgr.code_trie import CodeTokens
     from vllm_mtgr.converters import semantic_ids
     from vllm_mtgr.converters.meta_hstu import ConversionOptions, convert
     from vllm_mtgr.kernels.reference import HSTUReference
+    from vllm_mtgr.layout.code_trie import CodeTokens
 
     generator = torch.Generator().manual_seed(0)
     vectors = torch.randn(work.items, 32, generator=generator)
@@ -124,8 +124,8 @@ def histories(work: Workload, count: int, seed: int) -> list[list[int]]:
 def engine(model: Path, work: Workload, causal: bool):
     from vllm import LLM
 
-    from vllm_mtgr.code_trie import CodeTokens
     from vllm_mtgr.converters import semantic_ids
+    from vllm_mtgr.layout.code_trie import CodeTokens
 
     vocab = CodeTokens(semantic_ids.read(model).codes)
     tokens = work.history * vocab.levels + vocab.levels

@@ -178,7 +178,7 @@ def write(ids: SemanticIds, directory: Path) -> Path:
 
 def make_model(directory: Path, ids: SemanticIds, max_beam_width: int = 256) -> Path:
     """Turn an HSTU model directory over `ids`' code tokens (its items are
-    the tokens, `vllm_mtgr.code_trie.CodeTokens`: `num_items` = the sum of
+    the tokens, `vllm_mtgr.layout.code_trie.CodeTokens`: `num_items` = the sum of
     `level_sizes()`) into a semantic-ID retrieval model: the codes, the
     architecture, the `/pooling` plugin, code-token names in the tokenizer."""
     from vllm_mtgr.config import ConfigError, MTGRConfig

@@ -20,7 +20,7 @@
    cosine logits over L2-normalised token embeddings at temperature 0.05),
    its "items" the code tokens. Each token predicts the next one, with a
    full softmax over that token's level (at most 256 classes: no sampling).
-4. Evaluation: beam search constrained to real items (`vllm_mtgr.code_trie`),
+4. Evaluation: beam search constrained to real items (`vllm_mtgr.layout.code_trie`),
    the user's history excluded, over all items; Recall and NDCG at 5 and 10
    by the rank in the beam's list (TIGER's protocol), best validation
    NDCG@10 kept, then tested.
@@ -49,9 +49,9 @@ from train_movielens import (
     write_model_dir,
 )
 
-from vllm_mtgr.beams import excluded_nodes, next_beams
-from vllm_mtgr.code_trie import CodeTokens
 from vllm_mtgr.converters import semantic_ids
+from vllm_mtgr.decoding.beams import excluded_nodes, next_beams
+from vllm_mtgr.layout.code_trie import CodeTokens
 
 MAX_ITEMS = 50  # history events kept (TIGER keeps 20)
 

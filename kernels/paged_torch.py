@@ -5,7 +5,7 @@ Layout contract shared with the Triton kernels (`kernels.paged_triton`):
 * `kv_cache` is the layer's logical `[num_blocks, heads, block_size, 2 * hs]`
   view (any physical strides): key in `[..., :hs]`, value in `[..., hs:]`.
 * A key slot holds `k[:attention_dim]`, then `TIME_SLOTS` byte values of the
-  key's timestamp (see `vllm_mtgr.slots`), then padding. A query
+  key's timestamp (see `vllm_mtgr.layout.slots`), then padding. A query
   has the same layout with its query time, followed by `KEY_LIMIT_SLOTS` byte
   values of its key limit. A value slot holds `v[:value_dim]`.
 * Query token t of request r sits at position
@@ -29,7 +29,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from vllm_mtgr.slots import KEY_LIMIT_SLOTS, TIME_SLOTS, times_from_slots
+from vllm_mtgr.layout.slots import KEY_LIMIT_SLOTS, TIME_SLOTS, times_from_slots
 
 from .reference import time_buckets
 

@@ -63,7 +63,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from vllm_mtgr.slots import TIME_SLOTS
+from vllm_mtgr.layout.slots import TIME_SLOTS
 
 from .paged_torch import (
     BOX_ROWS,

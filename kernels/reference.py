@@ -322,7 +322,7 @@ class MTGRReference(nn.Module):
 
     def __init__(self, config) -> None:
         super().__init__()
-        from vllm_mtgr.scoring_head import ScoringHead
+        from vllm_mtgr.models.scoring_head import ScoringHead
 
         d = config.hidden_size
         self.config = config

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from vllm_mtgr.kernels import HSTUAttentionParams
 from vllm_mtgr.kernels.reference import time_buckets
-from vllm_mtgr.slots import KEY_LIMIT_SLOTS, TIME_SLOTS, byte_slots, time_slots
+from vllm_mtgr.layout.slots import KEY_LIMIT_SLOTS, TIME_SLOTS, byte_slots, time_slots
 
 QUERY_CHUNK = 1024  # dense reference rows per step, to bound memory
 

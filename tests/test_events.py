@@ -6,17 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from vllm_mtgr.events import (
-    EVENT_CHUNK_TOKENS,
+from vllm_mtgr.layout.positions import (
     MAX_TIMESTAMP,
-    EventsError,
-    chunk_events,
     decode_delta,
     decode_position_rows,
     encode_position_rows,
-    parse_events,
 )
-from vllm_mtgr.slots import time_slots, times_from_slots
+from vllm_mtgr.layout.slots import time_slots, times_from_slots
+from vllm_mtgr.multimodal.events import EVENT_CHUNK_TOKENS, chunk_events
+from vllm_mtgr.requests.events import EventsError, parse_events
 
 
 def test_query_time_is_the_next_event_then_the_request():

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from vllm import SamplingParams
 
+from vllm_mtgr.decoding.seen_items import exclude_seen_requested
 from vllm_mtgr.errors import RequestError
-from vllm_mtgr.logits_processor import exclude_seen_requested, parse_exclude_seen
+from vllm_mtgr.requests.validation import parse_exclude_seen
 
 
 @pytest.mark.parametrize(

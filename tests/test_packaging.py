@@ -29,7 +29,11 @@ def test_wheel_installs_everything_under_vllm_mtgr(tmp_path):
     (wheel,) = tmp_path.glob("vllm_mtgr-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for module in [
-        "vllm_mtgr/model.py",
+        "vllm_mtgr/models/retrieval.py",
+        "vllm_mtgr/layout/positions.py",
+        "vllm_mtgr/requests/events.py",
+        "vllm_mtgr/multimodal/events.py",
+        "vllm_mtgr/decoding/seen_items.py",
         "vllm_mtgr/serving/endpoint.py",
         "vllm_mtgr/kernels/reference.py",
         "vllm_mtgr/kernels/paged_torch.py",

@@ -12,7 +12,7 @@ from ranking_cases import random_request
 
 from vllm_mtgr.config import MTGRConfig
 from vllm_mtgr.errors import RequestError
-from vllm_mtgr.ranking_request import parse_ranking_request
+from vllm_mtgr.requests.ranking import parse_ranking_request
 
 CONFIG = MTGRConfig(
     architectures=["MTGRForRanking"],

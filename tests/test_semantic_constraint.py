@@ -1,5 +1,5 @@
 """vLLM's own beam search over a semantic-ID model (served as a causal LM,
-`vllm_mtgr.semantic_constraint` keeping it to real items) equals the
+`vllm_mtgr.decoding.semantic_constraint` keeping it to real items) equals the
 oracle, as the beam search inside the engine does: the baseline of
 `benchmarks/semantic.py` computes the same results it is timed against.
 """

@@ -27,9 +27,9 @@ from train_movielens import (  # noqa: E402
 )
 from train_semantic_ids import beam_lists, expand  # noqa: E402
 
-from vllm_mtgr.beams import beam_search  # noqa: E402
-from vllm_mtgr.code_trie import CodeTokens  # noqa: E402
 from vllm_mtgr.converters import semantic_ids  # noqa: E402
+from vllm_mtgr.decoding.beams import beam_search  # noqa: E402
+from vllm_mtgr.layout.code_trie import CodeTokens  # noqa: E402
 
 
 def _one_user_search(model, vocab: CodeTokens, query: Query, width: int):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vllm_mtgr.scoring_head import ScoringHead
+from vllm_mtgr.models.scoring_head import ScoringHead
 from vllm_mtgr.trt import onnx_export
 from vllm_mtgr.trt.triton_repository import MODEL_NAME, write_repository
 

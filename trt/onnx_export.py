@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from vllm_mtgr.config import MTGRConfig
-from vllm_mtgr.scoring_head import ScoringHead
+from vllm_mtgr.models.scoring_head import ScoringHead
 
 from .names import INPUT, OUTPUT
 

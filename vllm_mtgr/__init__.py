@@ -7,9 +7,9 @@ process it starts, so it is idempotent and imports model code only lazily.
 from __future__ import annotations
 
 ARCHITECTURES = {
-    "MTGRForCausalLM": "vllm_mtgr.model:MTGRForCausalLM",
-    "MTGRForRanking": "vllm_mtgr.ranking:MTGRForRanking",
-    "MTGRForSemanticRetrieval": "vllm_mtgr.semantic:MTGRForSemanticRetrieval",
+    "MTGRForCausalLM": "vllm_mtgr.models.retrieval:MTGRForCausalLM",
+    "MTGRForRanking": "vllm_mtgr.models.ranking:MTGRForRanking",
+    "MTGRForSemanticRetrieval": "vllm_mtgr.models.semantic:MTGRForSemanticRetrieval",
 }
 
 

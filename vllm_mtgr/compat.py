@@ -21,9 +21,9 @@ MIN_VLLM = Version("0.26.0")
 # tokenizer (`vllm_mtgr.tokenizer.ItemTokenizer`) and selects
 # `vllm_mtgr.renderer.MTGRRenderer` for it.
 TOKENIZER_MODE = "mtgr"
-SEEN_ITEMS_PROCESSOR = "vllm_mtgr.logits_processor:SeenItemsExclusion"
-# A semantic-ID model generating its codes (`vllm_mtgr.semantic_constraint`).
-SEMANTIC_ID_PROCESSOR = "vllm_mtgr.semantic_constraint:SemanticIdConstraint"
+SEEN_ITEMS_PROCESSOR = "vllm_mtgr.decoding.seen_items:SeenItemsExclusion"
+# A semantic-ID model generating its codes (`vllm_mtgr.decoding.semantic_constraint`).
+SEMANTIC_ID_PROCESSOR = "vllm_mtgr.decoding.semantic_constraint:SemanticIdConstraint"
 # vLLM's default cap on `logprobs` (20) is below the top-50 that retrieval
 # metrics need; MTGR models default to this instead.
 DEFAULT_MAX_LOGPROBS = 100
@@ -96,7 +96,7 @@ def _model_defaults_class() -> type:
                 mm_config.mm_processor_cache_gb = 0
             if model_config.runner_type == "pooling":
                 # Ranking: a context or the candidates must be computed in one
-                # step (see vllm_mtgr.ranking_multimodal), so never split an
+                # step (see vllm_mtgr.multimodal.ranking), so never split an
                 # item, and let one step hold a whole request.
                 scheduler = vllm_config.scheduler_config
                 scheduler.disable_chunked_mm_input = True

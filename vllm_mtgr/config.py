@@ -4,7 +4,7 @@ One config class serves the three architectures: `MTGRForCausalLM` (HSTU
 generative retrieval) reads the HSTU fields, `MTGRForRanking` additionally
 reads the ranking fields (token groups and task heads), and
 `MTGRForSemanticRetrieval` (HSTU over semantic-ID code tokens, beam search)
-`max_beam_width`; its "items" are code tokens (`vllm_mtgr.code_trie`).
+`max_beam_width`; its "items" are code tokens (`vllm_mtgr.layout.code_trie`).
 
 Token ids: 0 is padding, 1..num_items are the items (token id == item id, as in
 Meta's research code), num_items + 1 is the unknown-item token; ranking models
@@ -20,10 +20,11 @@ from typing import Any
 from transformers import PretrainedConfig
 
 # Timestamps travel to the model in M-RoPE-style position rows (see
-# `vllm_mtgr.events`). vLLM switches those rows on when the config declares an
-# `mrope_section`; nothing is ever rotated, so the rotated fraction of a head
-# is 0. Saying so also keeps transformers (5.x) from refusing odd head sizes
-# (Meta's HSTU-large: 25) as "RoPE requires an even rotary dimension".
+# `vllm_mtgr.layout.positions`). vLLM switches those rows on when the config
+# declares an `mrope_section`; nothing is ever rotated, so the rotated
+# fraction of a head is 0. Saying so also keeps transformers (5.x) from
+# refusing odd head sizes (Meta's HSTU-large: 25) as "RoPE requires an even
+# rotary dimension".
 EVENT_ROWS_ROPE_PARAMETERS = {
     "rope_type": "default",
     "rope_theta": 10000.0,

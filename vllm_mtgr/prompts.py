@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vllm_mtgr.events import MODALITY
+from vllm_mtgr.multimodal.events import MODALITY
 
 
 def history_prompt(

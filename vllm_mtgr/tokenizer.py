@@ -27,7 +27,7 @@ def item_token(item_id: int) -> str:
 
 def code_token_names(sizes: list[int]) -> list[str]:
     """A semantic-ID model's token names, `<l{level}_{code}>`, in token order
-    (`vllm_mtgr.code_trie.CodeTokens`)."""
+    (`vllm_mtgr.layout.code_trie.CodeTokens`)."""
     return [f"<l{level}_{code}>" for level, size in enumerate(sizes)
             for code in range(size)]  # fmt: skip
 

@@ -22,13 +22,10 @@ import difflib
 import math
 from typing import Any
 
+from vllm_mtgr.decoding.seen_items import refuse_engine_ending_seed
 from vllm_mtgr.errors import RequestError
-from vllm_mtgr.events import MODALITY
-from vllm_mtgr.logits_processor import (
-    EXCLUDE_SEEN,
-    parse_exclude_seen,
-    refuse_engine_ending_seed,
-)
+from vllm_mtgr.multimodal.events import MODALITY
+from vllm_mtgr.requests.validation import EXCLUDE_SEEN, parse_exclude_seen
 
 EVENT_FIELDS = ("timestamps", "actions", "request_timestamp")
 EXTRA_FIELDS = (*EVENT_FIELDS, EXCLUDE_SEEN)

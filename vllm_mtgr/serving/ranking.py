@@ -23,8 +23,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from vllm_mtgr.ranking_multimodal import MODALITY
-from vllm_mtgr.ranking_request import RankingRequest, parse_ranking_request, token_ids
+from vllm_mtgr.multimodal.ranking import MODALITY
+from vllm_mtgr.requests.ranking import RankingRequest, parse_ranking_request, token_ids
 from vllm_mtgr.serving.users import UsersIOProcessor, parse_users
 
 PLUGIN_NAME = "mtgr_ranking"

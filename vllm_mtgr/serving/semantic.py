@@ -7,7 +7,7 @@ serve` loads it without flags. Online:
     POST /pooling {"model": ..., "data": <request or list of requests>}
 
 Offline: `LLM.encode({"data": ...}, pooling_task="plugin")`. A request
-(`vllm_mtgr.semantic_request`):
+(`vllm_mtgr.requests.semantic`):
 
     {"history": {"items": [...], "timestamps": [...]},
      "request_timestamp": 978310000, "beam_width": 50, "exclude_seen": true}
@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from vllm_mtgr.events import MODALITY
-from vllm_mtgr.semantic_request import (
+from vllm_mtgr.multimodal.events import MODALITY
+from vllm_mtgr.requests.semantic import (
     SemanticRequest,
     catalogue_codes,
     parse_semantic_request,

@@ -3,7 +3,7 @@
     {"history": {"items": [...], "timestamps": [...], "actions": [...]},
      "request_timestamp": t, "beam_width": 50, "exclude_seen": true}
 
-The model's tokens are code tokens (`vllm_mtgr.code_trie.CodeTokens`): each
+The model's tokens are code tokens (`vllm_mtgr.layout.code_trie.CodeTokens`): each
 history event becomes its item's code, one token per level, every token at
 the event's time, so the prompt is `levels` tokens per event. Items are
 catalogue ids (1..items), never code tokens: a client cannot send a code
@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from vllm_mtgr.arrays import integers
-from vllm_mtgr.behaviors import Behaviors, parse_behaviors
-from vllm_mtgr.code_trie import CodeTokens
 from vllm_mtgr.config import ConfigError, MTGRConfig
 from vllm_mtgr.converters import semantic_ids
 from vllm_mtgr.errors import RequestError
-from vllm_mtgr.events import MAX_TIMESTAMP, Events
-from vllm_mtgr.logits_processor import parse_exclude_seen
+from vllm_mtgr.layout.code_trie import CodeTokens
+from vllm_mtgr.layout.positions import MAX_TIMESTAMP
+from vllm_mtgr.requests.behaviors import Behaviors, parse_behaviors
+from vllm_mtgr.requests.events import Events
+from vllm_mtgr.requests.validation import parse_exclude_seen
 
 REQUEST_FIELDS = frozenset(
     {"history", "request_timestamp", "beam_width", "exclude_seen"}

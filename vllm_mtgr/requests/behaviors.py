@@ -11,7 +11,7 @@ import numpy as np
 
 from vllm_mtgr.arrays import integers
 from vllm_mtgr.errors import RequestError
-from vllm_mtgr.events import MAX_TIMESTAMP
+from vllm_mtgr.layout.positions import MAX_TIMESTAMP
 
 BEHAVIOR_FIELDS = frozenset({"items", "timestamps", "actions"})
 

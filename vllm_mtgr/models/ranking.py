@@ -5,7 +5,7 @@ candidates to score (docs/DESIGN.md section 3: token groups, group LayerNorm, th
 dynamic mixed mask, a fixed attention normaliser, one head per task). The
 history is the prompt: vLLM's forward computes it into the paged KV cache,
 reusing a returning user's cached blocks. The candidates are not tokens
-(`vllm_mtgr.candidates` says why and how they reach the worker): the pooler
+(`vllm_mtgr.models.candidates` says why and how they reach the worker): the pooler
 runs all candidates of the requests a step finishes through the layers at
 once, each layer's attention one launch over the history pages, and scores
 them with `ScoringHead`, which `vllm_mtgr.trt` also exports.
@@ -30,30 +30,26 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from vllm_mtgr import compat
 from vllm_mtgr.attention import KERNEL_BLOCK_MULTIPLE
-from vllm_mtgr.candidates import (
-    FIELDS as CANDIDATE_FIELDS,
-)
-from vllm_mtgr.candidates import (
-    ROWS_PER_PASS,
-    CandidateBatch,
-    CandidateRegistry,
-    passes,
-)
 from vllm_mtgr.config import MTGRConfig
-from vllm_mtgr.events import (
+from vllm_mtgr.kernels import candidate_attention
+from vllm_mtgr.layout.positions import (
     decode_position_rows,
     decode_ranking_rows,
     decode_tickets,
     encode_ranking_rows,
 )
-from vllm_mtgr.kernels import candidate_attention
-from vllm_mtgr.model import (
-    HSTUBlock,
-    as_tensor_list,
-    load_weights_by_name,
-    merge_event_embeddings,
+from vllm_mtgr.layout.slots import KEY_LIMIT_SLOTS, byte_slots, time_slots
+from vllm_mtgr.models.candidates import (
+    ROWS_PER_PASS,
+    CandidateBatch,
+    CandidateRegistry,
+    passes,
 )
-from vllm_mtgr.ranking_multimodal import (
+from vllm_mtgr.models.hstu import HSTUBlock, load_weights_by_name
+from vllm_mtgr.models.scoring_head import ScoringHead
+from vllm_mtgr.multimodal.events import as_tensor_list, merge_event_embeddings
+from vllm_mtgr.multimodal.ranking import (
+    CANDIDATE_FIELDS,
     CONTEXT_ITEM,
     MODALITY,
     ROW_FIELDS,
@@ -61,9 +57,7 @@ from vllm_mtgr.ranking_multimodal import (
     RankingMultiModalProcessor,
     RankingProcessingInfo,
 )
-from vllm_mtgr.ranking_request import CANDIDATE, NUM_GROUPS
-from vllm_mtgr.scoring_head import ScoringHead
-from vllm_mtgr.slots import KEY_LIMIT_SLOTS, byte_slots, time_slots
+from vllm_mtgr.requests.ranking import CANDIDATE, NUM_GROUPS
 
 
 class CandidateMLP(nn.Module):
@@ -80,7 +74,7 @@ class CandidateMLP(nn.Module):
 
 
 @support_torch_compile(
-    # positions are the [3, tokens] ranking rows (see vllm_mtgr.events).
+    # positions are the [3, tokens] ranking rows (see vllm_mtgr.layout.positions).
     dynamic_arg_dims={"input_ids": 0, "positions": -1, "inputs_embeds": 0}
 )
 class MTGRRankingModel(nn.Module):

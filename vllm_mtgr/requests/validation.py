@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -38,3 +39,16 @@ def check_history(
             f"(items are item_1 .. item_{config.num_items})",
             "prompt",
         )
+
+
+EXCLUDE_SEEN = "exclude_seen"
+
+
+def parse_exclude_seen(value: object, field: str = EXCLUDE_SEEN) -> bool:
+    """The one rule for `exclude_seen`, on every route: a boolean, or the
+    integer 1 or 0 (`vllm_xargs` carries no booleans over HTTP). Strings
+    such as "false" are refused, not read as true."""
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    raise RequestError(f"`{field}` must be true or false (or 1 / 0), got {value!r}",
+                       field)  # fmt: skip

@@ -8,8 +8,8 @@ search (`excluded_nodes`): a prefix all of whose items the user has seen is
 never extended, so no beam is spent on it and a request gets `width` items
 whenever its catalogue has that many unseen ones. (Dropping seen items only
 at the last level would return fewer: the beams that led to them are gone.)
-The served model (`vllm_mtgr.semantic`), the logits constraint for vLLM's
-beam search (`vllm_mtgr.semantic_constraint`) and the training example run
+The served model (`vllm_mtgr.models.semantic`), the logits constraint for vLLM's
+beam search (`vllm_mtgr.decoding.semantic_constraint`) and the training example run
 it; the oracle `kernels.reference.constrained_beam_search` checks it.
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vllm_mtgr.code_trie import CodeTrie
+from vllm_mtgr.layout.code_trie import CodeTrie
 
 # Per depth 0..levels, sorted keys `row * (nodes at that depth + 1) + node`.
 Excluded = list[torch.Tensor]

@@ -8,8 +8,6 @@ and the items generated so far, so a multi-step completion never repeats one.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import torch
 from vllm import SamplingParams
@@ -18,18 +16,7 @@ from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
 from vllm_mtgr import compat
 from vllm_mtgr.errors import RequestError
-
-EXCLUDE_SEEN = "exclude_seen"
-
-
-def parse_exclude_seen(value: object, field: str = EXCLUDE_SEEN) -> bool:
-    """The one rule for `exclude_seen`, on every route: a boolean, or the
-    integer 1 or 0 (`vllm_xargs` carries no booleans over HTTP). Strings
-    such as "false" are refused, not read as true."""
-    if isinstance(value, numbers.Integral) and value in (0, 1):
-        return bool(value)
-    raise RequestError(f"`{field}` must be true or false (or 1 / 0), got {value!r}",
-                       field)  # fmt: skip
+from vllm_mtgr.requests.validation import EXCLUDE_SEEN, parse_exclude_seen
 
 
 def exclude_seen_requested(params: SamplingParams) -> bool:

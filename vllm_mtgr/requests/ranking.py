@@ -6,7 +6,7 @@ MTGR's sequence (docs/DESIGN.md section 3) for one request:
 
 The part before the bar is the user's *history*: vLLM prompt tokens, paged KV,
 prefix-cached across requests. The candidates are request-local targets: they
-are not tokens (see `vllm_mtgr.ranking` for why and how they are computed).
+are not tokens (see `vllm_mtgr.models.ranking` for why and how they are computed).
 
 Which key each query sees is one integer per query, its *key limit* (see
 `kernels.paged_torch`): profile and long history see each other (limit
@@ -34,10 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from vllm_mtgr.arrays import floats, integers
-from vllm_mtgr.behaviors import Behaviors, parse_behaviors
 from vllm_mtgr.config import MTGRConfig
 from vllm_mtgr.errors import RequestError
-from vllm_mtgr.events import MAX_TIMESTAMP
+from vllm_mtgr.layout.positions import MAX_TIMESTAMP
+from vllm_mtgr.requests.behaviors import Behaviors, parse_behaviors
 
 PROFILE, HISTORY, REALTIME, CANDIDATE = range(4)  # token groups
 NUM_GROUPS = 4

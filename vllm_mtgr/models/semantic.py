@@ -1,11 +1,11 @@
 """Semantic-ID generative retrieval (`MTGRForSemanticRetrieval`) with the
 beam search inside the engine.
 
-The model is Meta's HSTU (`vllm_mtgr.model.MTGRModel`, the same weights as an
+The model is Meta's HSTU (`vllm_mtgr.models.retrieval.MTGRModel`, the same weights as an
 item-ID model) over code tokens: an item is `levels` tokens, and the next
 item is generated level by level, each level a softmax over that level's
 tokens (cosine / temperature), constrained to codes of real items
-(`vllm_mtgr.code_trie`). It runs on vLLM's pooling runner: the history is
+(`vllm_mtgr.layout.code_trie`). It runs on vLLM's pooling runner: the history is
 the prompt (paged KV, prefix caching); the pooler, after the forward that
 completes a request's history, runs the whole beam search for every request
 that step finishes, at once, and returns `[items, 2]` (item id, summed
@@ -46,26 +46,27 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from vllm_mtgr import compat
 from vllm_mtgr.attention import KERNEL_BLOCK_MULTIPLE
-from vllm_mtgr.beams import BeamStep, Excluded, excluded_nodes, next_beams
-from vllm_mtgr.code_trie import CodeTrie
 from vllm_mtgr.config import MTGRConfig
-from vllm_mtgr.events import (
+from vllm_mtgr.decoding.beams import BeamStep, Excluded, excluded_nodes, next_beams
+from vllm_mtgr.kernels import candidate_attention
+from vllm_mtgr.kernels.paged_torch import KernelBiasTables, kernel_bias_tables
+from vllm_mtgr.layout.code_trie import CodeTrie
+from vllm_mtgr.layout.positions import (
     decode_beam_rows,
     decode_position_rows,
     encode_position_rows,
     set_beam_row,
 )
-from vllm_mtgr.kernels import candidate_attention
-from vllm_mtgr.kernels.paged_torch import KernelBiasTables, kernel_bias_tables
-from vllm_mtgr.model import HistoryEventsInput, MTGRModel, load_weights_by_name
-from vllm_mtgr.multimodal import events_from_features
-from vllm_mtgr.semantic_multimodal import (
+from vllm_mtgr.models.hstu import load_weights_by_name
+from vllm_mtgr.models.retrieval import HistoryEventsInput, MTGRModel
+from vllm_mtgr.multimodal.events import events_from_features
+from vllm_mtgr.multimodal.semantic import (
     BEAM_FIELD,
     SemanticDummyInputsBuilder,
     SemanticMultiModalProcessor,
     SemanticProcessingInfo,
 )
-from vllm_mtgr.semantic_request import catalogue_codes
+from vllm_mtgr.requests.semantic import catalogue_codes
 
 
 class BeamPooler(Pooler):

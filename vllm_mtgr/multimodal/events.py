@@ -1,15 +1,45 @@
 """The "events" modality: a history's timestamps and actions as multimodal items.
 
+Why this shape (the choice docs/DESIGN.md section 4 asks for):
+
+* HSTU's time bias for query token i and key token j is
+  `ts_w[bucket(ts[i + 1] - ts[j])]`: every token needs its own key time `ts[j]`
+  and query time `ts[i + 1]` (the next event's time; the request time for the
+  last history event and for generated items), in prefill *and* decode.
+* Prompt embeddings cannot carry exact 31-bit integers in bf16, and
+  `SamplingParams.extra_args` reaches only logits processors, never `forward`,
+  and is not part of the prefix-cache key. Neither works.
+* A multimodal item ("events") is hashed into vLLM's block hashes, so two
+  histories with equal items but different timestamps never share cached
+  blocks. Its data reaches the model only at prefill, though.
+* M-RoPE-style position rows reach `forward` for every token, prefill and
+  decode (decode rows are `position + delta`, one delta per request).
+
+So: the history is split into "events" chunks of `EVENT_CHUNK_TOKENS` tokens
+(a grown history then changes only its last chunk, and the blocks before it
+stay cached), and each token's position row (`vllm_mtgr.layout.positions`)
+packs `time << POSITION_BITS | position`. With
+`delta = request_time << POSITION_BITS`, generated tokens decode
+to key and query time = request time, with no per-step help from the
+scheduler. Key times of cached tokens are read back from the KV pages, where
+the model stores them as four byte-valued slots of each key (exact in fp32,
+fp16 and bf16): see `vllm_mtgr.layout.slots`.
+
+A chunk's query times include the first timestamp of the next chunk, so the
+hash of a chunk covers everything its tokens' KV depends on.
+
 A request passes `multi_modal_data={"events": {"timestamps": [...],
 "actions": [...], "request_timestamp": t}}` next to its history tokens. The
-processor validates it against the history, splits it into chunks (see
-`vllm_mtgr.events`) and hashes each chunk, which makes timestamps part of the
-prefix-cache identity. Every history token lies in exactly one chunk.
+processor validates it against the history, splits it into chunks and hashes
+each chunk, which makes timestamps part of the prefix-cache identity. Every
+history token lies in exactly one chunk.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,17 +61,8 @@ from vllm.multimodal.processing import (
 )
 
 from vllm_mtgr import compat
-from vllm_mtgr.events import (
-    EVENT_CHUNK_TOKENS,
-    MODALITY,
-    EventChunk,
-    Events,
-    EventsError,
-    chunk_events,
-    content_hash,
-    parse_events,
-)
-from vllm_mtgr.validation import check_history
+from vllm_mtgr.requests.events import Events, EventsError, parse_events
+from vllm_mtgr.requests.validation import check_history
 
 FIELDS = ("item_ids", "actions", "key_times", "query_times")
 
@@ -249,3 +270,83 @@ def _field(feature: object, name: str) -> np.ndarray:
     if isinstance(data, torch.Tensor):
         return data.numpy()
     return np.asarray(data)
+
+
+MODALITY = "events"
+# Each chunk costs vLLM's multimodal machinery (hashing, scheduling, encoder
+# cache) the same host time, whatever its length: a 1040-event history is 17
+# chunks, not 65 (host time per request, attention stubbed, on CPU: 10-11 ms
+# -> 7.6-7.8 ms). A grown history recomputes at most one chunk, so 64 tokens
+# is still cheap to redo.
+EVENT_CHUNK_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class EventChunk:
+    """One multimodal "events" item: a run of consecutive history tokens."""
+
+    offset: int
+    item_ids: np.ndarray
+    key_times: np.ndarray
+    query_times: np.ndarray
+    actions: np.ndarray
+
+    def as_tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            "item_ids": torch.from_numpy(self.item_ids),
+            "key_times": torch.from_numpy(self.key_times),
+            "query_times": torch.from_numpy(self.query_times),
+            "actions": torch.from_numpy(self.actions),
+        }
+
+
+def chunk_events(item_ids: Sequence[int], events: Events) -> list[EventChunk]:
+    """Split a history into "events" items of `EVENT_CHUNK_TOKENS` tokens."""
+    ids = np.asarray(item_ids, dtype=np.int64)
+    key_times = np.asarray(events.timestamps, dtype=np.int64)
+    query_times = np.asarray(events.query_times, dtype=np.int64)
+    actions = (
+        np.asarray(events.actions, dtype=np.int64)
+        if events.actions is not None
+        else np.zeros(len(ids), dtype=np.int64)
+    )
+    return [
+        EventChunk(
+            offset=start,
+            item_ids=ids[start : start + EVENT_CHUNK_TOKENS],
+            key_times=key_times[start : start + EVENT_CHUNK_TOKENS],
+            query_times=query_times[start : start + EVENT_CHUNK_TOKENS],
+            actions=actions[start : start + EVENT_CHUNK_TOKENS],
+        )
+        for start in range(0, len(ids), EVENT_CHUNK_TOKENS)
+    ]
+
+
+def content_hash(key: str, arrays: Mapping[str, np.ndarray]) -> str:
+    """The multimodal hash of an item: `key` (model, ...) and its named arrays."""
+    digest = hashlib.sha256(key.encode())
+    for name in sorted(arrays):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return digest.hexdigest()
+
+
+def as_tensor_list(batch: object) -> list[torch.Tensor]:
+    """A batched multimodal field as one tensor per item (vLLM passes either)."""
+    if isinstance(batch, torch.Tensor):
+        return list(batch.unbind(0))
+    return list(batch)  # type: ignore[arg-type]
+
+
+def merge_event_embeddings(
+    embeds: torch.Tensor,
+    multimodal_embeddings: Sequence[torch.Tensor] | None,
+    is_multimodal: torch.Tensor | None,
+) -> torch.Tensor:
+    """Write the per-item embeddings over the token embeddings they replace."""
+    if multimodal_embeddings is not None and len(multimodal_embeddings) > 0:
+        assert is_multimodal is not None
+        embeds[is_multimodal.to(embeds.device)] = torch.cat(
+            list(multimodal_embeddings)
+        ).to(embeds.dtype)
+    return embeds

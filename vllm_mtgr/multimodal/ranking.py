@@ -1,7 +1,7 @@
 """The "ranking" modality: a ranking request as multimodal items.
 
 `multi_modal_data={"ranking": request}` carries the public request object
-(`vllm_mtgr.ranking_request`), or the `RankingRequest` the IO processor has
+(`vllm_mtgr.requests.ranking`), or the `RankingRequest` the IO processor has
 already parsed from it; the processor validates the former, builds the prompt
 (the user's history) from it and emits:
 
@@ -11,8 +11,8 @@ already parsed from it; the processor validates the former, builds the prompt
 * the real-time history, in `REALTIME_CHUNK_TOKENS` chunks (causal, so a
   returning user's new events reuse the blocks before them).
 
-The candidates are not tokens: they ride as the `candidates.FIELDS` of the
-last item (empty in the others), outside its hash (see `vllm_mtgr.candidates`).
+The candidates are not tokens: they ride as the `CANDIDATE_FIELDS` of the
+last item (empty in the others), outside its hash (see `vllm_mtgr.models.candidates`).
 """
 
 from __future__ import annotations
@@ -36,10 +36,8 @@ from vllm.multimodal.processing import (
 )
 
 from vllm_mtgr import compat
-from vllm_mtgr.candidates import FIELDS as CANDIDATE_FIELDS
-from vllm_mtgr.events import content_hash
-from vllm_mtgr.multimodal import host_fields
-from vllm_mtgr.ranking_request import (
+from vllm_mtgr.multimodal.events import content_hash, host_fields
+from vllm_mtgr.requests.ranking import (
     HISTORY,
     PROFILE,
     REALTIME,
@@ -52,6 +50,14 @@ MODALITY = "ranking"
 CONTEXT_ITEM, EVENTS_ITEM = range(2)
 # Per-token fields the position rows need.
 ROW_FIELDS = ("positions", "key_times", "query_times", "limits", "groups")
+# The fields of a request's candidates (`vllm_mtgr.models.candidates` files
+# them in the worker).
+CANDIDATE_FIELDS = (
+    "candidate_items",
+    "candidate_features",
+    "candidate_times",
+    "candidate_limits",
+)
 EMBEDDING_FIELDS = ("kind", "values", "actions")
 # Finer than retrieval's event chunks: a real-time history is short (tens of
 # events) and grows by one or two events between requests, so small chunks

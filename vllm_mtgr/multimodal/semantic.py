@@ -1,9 +1,9 @@
 """A semantic-ID request as the "events" modality of its code-token prompt.
 
 `multi_modal_data={"events": request}` carries the public request object
-(`vllm_mtgr.semantic_request`) or the `SemanticRequest` the IO processor has
+(`vllm_mtgr.requests.semantic`) or the `SemanticRequest` the IO processor has
 parsed from it. The processor builds the prompt (each event's code tokens)
-and its event chunks as item-ID retrieval does (`vllm_mtgr.multimodal`), so
+and its event chunks as item-ID retrieval does (`vllm_mtgr.multimodal.events`), so
 timestamps enter the prefix-cache identity the same way. The beam's settings
 (`BEAM_FIELD`: width, exclude_seen) ride in every chunk outside its hash: a
 returning user's cached history serves any width.
@@ -20,10 +20,16 @@ from vllm.multimodal.processing import (
     BaseMultiModalProcessor,
 )
 
-from vllm_mtgr.code_trie import CodeTokens
-from vllm_mtgr.events import EVENT_CHUNK_TOKENS, MODALITY, chunk_events
-from vllm_mtgr.multimodal import EventsProcessingInfo, chunked_input, fields_config
-from vllm_mtgr.semantic_request import (
+from vllm_mtgr.layout.code_trie import CodeTokens
+from vllm_mtgr.multimodal.events import (
+    EVENT_CHUNK_TOKENS,
+    MODALITY,
+    EventsProcessingInfo,
+    chunk_events,
+    chunked_input,
+    fields_config,
+)
+from vllm_mtgr.requests.semantic import (
     SemanticRequest,
     catalogue_codes,
     parse_semantic_request,

@@ -25,7 +25,7 @@ How they travel, and the alternatives we weighed:
    calls `merge_pooling_params()` once), so per-user data cannot ride there,
    and arrays in its `dict[str, Any]` do not survive msgpack's untyped decode.
 4. Chosen: the candidates ride as extra fields of the history's last
-   multimodal item (`vllm_mtgr.ranking_multimodal`), left out of that item's
+   multimodal item (`vllm_mtgr.multimodal.ranking`), left out of that item's
    hash, so the history's cache identity does not depend on them. That item
    covers the prompt's last token, which vLLM computes in every request (a
    whole-prompt cache hit still recomputes it), so its fields always reach the
@@ -50,15 +50,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vllm_mtgr.events import MAX_TICKET
+from vllm_mtgr.layout.positions import MAX_TICKET
 
-# The fields of a request's candidates, as the multimodal processor sends them.
-FIELDS = (
-    "candidate_items",
-    "candidate_features",
-    "candidate_times",
-    "candidate_limits",
-)
 # Candidate rows run through the layers in one pass: the DLRMv3 shape (32
 # users x 2048) in one pass, and a bound on the pass's activations.
 ROWS_PER_PASS = 65536

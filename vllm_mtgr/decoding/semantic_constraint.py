@@ -3,13 +3,13 @@
 A semantic-ID model directory served as a causal LM (`--hf-overrides
 '{"architectures": ["MTGRForCausalLM"]}'`) generates code tokens with vLLM's
 sampler and its beam search (`LLM.beam_search`, `use_beam_search`): the
-baseline that `vllm_mtgr.semantic` (beam search inside the engine) is
+baseline that `vllm_mtgr.models.semantic` (beam search inside the engine) is
 measured against. This logits processor makes each step the same
 distribution as there: the log-softmax over the next level's tokens, -inf
 for a token that leads to no item, or only to items of the user's history
 (`exclude_seen`, on unless a request's `extra_args` switch it off; see
-`vllm_mtgr.beams`). With `logprobs_mode="processed_logits"` a beam's summed
-logprob is then `vllm_mtgr.semantic`'s score.
+`vllm_mtgr.decoding.beams`). With `logprobs_mode="processed_logits"` a beam's summed
+logprob is then `vllm_mtgr.models.semantic`'s score.
 
 A request's depth in its code is its token count modulo the levels (its
 history is whole items), so the processor needs nothing beyond the tokens;
@@ -24,10 +24,10 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
-from vllm_mtgr.beams import allowed_children, excluded_nodes
-from vllm_mtgr.code_trie import CodeTrie
-from vllm_mtgr.logits_processor import exclude_seen_requested
-from vllm_mtgr.semantic_request import catalogue_codes
+from vllm_mtgr.decoding.beams import allowed_children, excluded_nodes
+from vllm_mtgr.decoding.seen_items import exclude_seen_requested
+from vllm_mtgr.layout.code_trie import CodeTrie
+from vllm_mtgr.requests.semantic import catalogue_codes
 
 
 class _Row:

@@ -1,0 +1,222 @@
+"""The HSTU layer every model here is built of (vLLM's parallel linears, the
+paged HSTU attention), MTGR's group LayerNorms around it, and the vLLM glue
+the models share (weights by name). docs/DESIGN.md section 3 has the math."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from vllm.config import CacheConfig
+from vllm.distributed import (
+    get_tensor_model_parallel_world_size,
+    tensor_model_parallel_all_reduce,
+)
+from vllm.model_executor.layers.linear import (
+    MergedColumnParallelLinear,
+    RowParallelLinear,
+)
+from vllm.model_executor.model_loader.weight_utils import default_weight_loader
+
+from vllm_mtgr.attention import HSTUAttention
+from vllm_mtgr.config import MTGRConfig
+from vllm_mtgr.kernels import HSTUAttentionParams, gated_layer_norm
+from vllm_mtgr.weight_files import check_weight_files
+
+
+def _attention_params(config: MTGRConfig) -> HSTUAttentionParams:
+    return HSTUAttentionParams(
+        attention_dim=config.attention_dim,
+        value_dim=config.linear_dim,
+        max_len=config.max_position_embeddings,
+        normalizer=float(config.attention_normalizer),
+        time_bucket_divisor=config.time_bucket_divisor,
+    )
+
+
+def _layer_norm(x: torch.Tensor, eps: float, tp_size: int) -> torch.Tensor:
+    """Affine-free LayerNorm over the last dim, which is sharded across TP ranks."""
+    stats = torch.stack([x.float().sum(-1), x.float().square().sum(-1)])
+    stats = tensor_model_parallel_all_reduce(stats)
+    count = x.shape[-1] * tp_size
+    mean = stats[0] / count
+    var = stats[1] / count - mean.square()
+    return ((x.float() - mean[..., None]) * torch.rsqrt(var[..., None] + eps)).to(
+        x.dtype
+    )
+
+
+def _with_slots(
+    x: torch.Tensor, heads: int, slots: torch.Tensor | None, width: int
+) -> torch.Tensor:
+    """`[T, heads * d]` -> `[T, heads * width]`: each head's d, slots, zeros."""
+    tokens = x.shape[0]
+    parts = [x.view(tokens, heads, -1)]
+    if slots is not None:
+        parts.append(slots[:, None, :].expand(tokens, heads, slots.shape[-1]))
+    used = sum(p.shape[-1] for p in parts)
+    if used < width:
+        parts.append(x.new_zeros(tokens, heads, width - used))
+    return torch.cat(parts, dim=-1).view(tokens, heads * width)
+
+
+class GroupLayerNorm(nn.Module):
+    """MTGR's group LayerNorm: one LayerNorm, then one affine per token group."""
+
+    def __init__(self, groups: int, width: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(groups, width))
+        self.bias = nn.Parameter(torch.zeros(groups, width))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        groups: torch.Tensor | int,
+        gate: torch.Tensor | None = None,
+        silu_gate: bool = False,
+    ) -> torch.Tensor:
+        """`gate * (LayerNorm(x) * weight[group] + bias[group])`, `[T, width]`,
+        for `x` `[T, heads, dim]` normed over heads * dim (no gate: without;
+        `silu_gate`: `silu(gate)` instead of `gate`)."""
+        if isinstance(groups, int):
+            # One group (the candidates): norm, affine, gate and its SiLU in
+            # one kernel over the pass's ~65k rows, instead of five.
+            weight, bias = self.weight[groups], self.bias[groups]
+            return gated_layer_norm(
+                x, x.shape[-1], gate, self.eps, weight, bias, silu_gate
+            )
+        flat = x.reshape(x.shape[0], -1)
+        normed = F.layer_norm(flat, flat.shape[-1:], eps=self.eps)
+        normed = normed * self.weight[groups] + self.bias[groups]
+        if gate is None:
+            return normed
+        return (F.silu(gate) if silu_gate else gate) * normed
+
+
+class HSTUBlock(nn.Module):
+    """One HSTU layer; with `num_groups`, MTGR's group LayerNorms around it."""
+
+    def __init__(
+        self,
+        config: MTGRConfig,
+        cache_config: CacheConfig | None,
+        prefix: str,
+        num_groups: int = 0,
+    ) -> None:
+        super().__init__()
+        self.tp_size = get_tensor_model_parallel_world_size()
+        if config.num_attention_heads % self.tp_size:
+            raise ValueError(
+                f"num_attention_heads ({config.num_attention_heads}) must divide "
+                f"by the tensor parallel size ({self.tp_size})"
+            )
+        self.heads = config.num_attention_heads // self.tp_size
+        self.dqk = config.attention_dim
+        self.dv = config.linear_dim
+        self.eps = config.layer_norm_eps
+        total_heads = config.num_attention_heads
+        self.uvqk_proj = MergedColumnParallelLinear(
+            config.hidden_size,
+            [total_heads * self.dv] * 2 + [total_heads * self.dqk] * 2,
+            bias=False,
+            prefix=f"{prefix}.uvqk_proj",
+        )
+        self.params = _attention_params(config)
+        self.attn = HSTUAttention(
+            self.heads,
+            self.params,
+            config.num_time_buckets,
+            cache_config,
+            prefix=f"{prefix}.attn",
+        )
+        self.o_proj = RowParallelLinear(
+            total_heads * self.dv,
+            config.hidden_size,
+            bias=True,
+            input_is_parallel=True,
+            prefix=f"{prefix}.o_proj",
+        )
+        self.input_norm = self.output_norm = None
+        if num_groups:
+            if self.tp_size > 1:
+                raise ValueError("MTGR ranking runs with tensor parallel size 1")
+            self.input_norm = GroupLayerNorm(num_groups, config.hidden_size, self.eps)
+            self.output_norm = GroupLayerNorm(
+                num_groups, total_heads * self.dv, self.eps
+            )
+
+    def project(
+        self,
+        x: torch.Tensor,
+        groups: torch.Tensor | int | None = None,
+        activate: bool = True,
+    ) -> tuple[torch.Tensor, ...]:
+        """(u, v, q, k) of each token, `[T, heads * dim]` each (not
+        `activate`: before their SiLU, for kernels that apply it as they read)."""
+        h, dqk, dv = self.heads, self.dqk, self.dv
+        if self.input_norm is not None:
+            normed = self.input_norm(x[:, None], groups)
+        else:
+            normed = F.layer_norm(x, x.shape[-1:], eps=self.eps)
+        uvqk, _ = self.uvqk_proj(normed)
+        if activate:
+            uvqk = F.silu(uvqk)
+        return uvqk.split([h * dv, h * dv, h * dqk, h * dqk], dim=-1)
+
+    def finish(
+        self,
+        x: torch.Tensor,
+        attention: torch.Tensor,
+        u: torch.Tensor,
+        groups: torch.Tensor | int | None = None,
+        silu_gate: bool = False,
+    ) -> torch.Tensor:
+        """x + o_proj(u * norm(attention)); `attention` is `[T, heads, width]`
+        with each head's values first; `silu_gate`: `u` is before its SiLU
+        (MTGR's group norms only)."""
+        h, dv = self.heads, self.dv
+        if self.output_norm is not None:
+            gated = self.output_norm(attention[..., :dv], groups, u, silu_gate)
+        elif self.tp_size == 1:
+            gated = gated_layer_norm(attention, dv, u, self.eps)
+        else:
+            values = attention[..., :dv].reshape(-1, h * dv)
+            gated = u * _layer_norm(values, self.eps, self.tp_size)
+        out, _ = self.o_proj(gated)
+        return x + out
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        key_slots: torch.Tensor,
+        query_slots: torch.Tensor,
+        groups: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        h, width = self.heads, self.params.cache_head_size
+        u, v, q, k = self.project(x, groups)
+        attn = self.attn(
+            _with_slots(q, h, query_slots, width),
+            _with_slots(k, h, key_slots, width),
+            _with_slots(v, h, None, width),
+        )
+        return self.finish(x, attn.view(-1, h, width), u, groups)
+
+
+def load_weights_by_name(
+    module: nn.Module, weights: Iterable[tuple[str, torch.Tensor]], model_dir: str
+) -> set[str]:
+    """Load checkpoint tensors named as the module's parameters; refuse others."""
+    # Before the (lazy) iterator opens a file: a broken one is named.
+    check_weight_files(model_dir)
+    params = dict(module.named_parameters())
+    loaded: set[str] = set()
+    for name, tensor in weights:
+        if name not in params:
+            raise ValueError(f"checkpoint tensor {name!r} is not a model weight")
+        param = params[name]
+        getattr(param, "weight_loader", default_weight_loader)(param, tensor)
+        loaded.add(name)
+    return loaded

@@ -1,0 +1,202 @@
+"""HSTU generative retrieval (`MTGRForCausalLM`) on vLLM's layers.
+
+Meta's research HSTU (docs/DESIGN.md section 3): item embedding * sqrt(D) plus a
+learned position embedding, HSTU blocks, L2-normalised output; the logits are
+the cosine similarity to every item's embedding divided by a temperature.
+Timestamps reach every token through its position rows
+(`vllm_mtgr.layout.positions`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from vllm.compilation.decorators import support_torch_compile
+from vllm.config import VllmConfig
+from vllm.distributed import (
+    get_tensor_model_parallel_world_size,
+    tensor_model_parallel_all_gather,
+)
+from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+from vllm.model_executor.models.interfaces import SupportsMRoPE, SupportsMultiModal
+from vllm.multimodal import MULTIMODAL_REGISTRY
+
+from vllm_mtgr.config import MTGRConfig
+from vllm_mtgr.layout.positions import (
+    decode_delta,
+    decode_position_rows,
+    encode_position_rows,
+)
+from vllm_mtgr.layout.slots import KEY_LIMIT_SLOTS, time_slots
+from vllm_mtgr.models.hstu import HSTUBlock, load_weights_by_name
+from vllm_mtgr.multimodal.events import (
+    EventsDummyInputsBuilder,
+    EventsMultiModalProcessor,
+    EventsProcessingInfo,
+    as_tensor_list,
+    events_from_features,
+    merge_event_embeddings,
+)
+
+
+@support_torch_compile(
+    # positions are the [3, tokens] event rows (see vllm_mtgr.layout.positions).
+    dynamic_arg_dims={"input_ids": 0, "positions": -1, "inputs_embeds": 0}
+)
+class MTGRModel(nn.Module):
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__()
+        config: MTGRConfig = vllm_config.model_config.hf_config
+        self.config = config
+        self.embedding_scale = math.sqrt(config.hidden_size)
+        self.item_embedding = VocabParallelEmbedding(
+            config.vocab_size, config.hidden_size, prefix=f"{prefix}.item_embedding"
+        )
+        self.position_embedding = nn.Embedding(
+            config.max_position_embeddings, config.hidden_size
+        )
+        self.action_embedding = (
+            nn.Embedding(config.num_action_types, config.hidden_size)
+            if config.num_action_types
+            else None
+        )
+        self.layers = nn.ModuleList(
+            HSTUBlock(config, vllm_config.cache_config, prefix=f"{prefix}.layers.{i}")
+            for i in range(config.num_hidden_layers)
+        )
+
+    def embed_events(
+        self, item_ids: torch.Tensor, actions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Token embedding of history events: item * sqrt(D) + action."""
+        x = self.item_embedding(item_ids) * self.embedding_scale
+        if self.action_embedding is not None:
+            if actions is None:
+                actions = torch.zeros_like(item_ids)
+            x = x + self.action_embedding(actions)
+        return x
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = inputs_embeds if inputs_embeds is not None else self.embed_events(input_ids)
+        token_positions, key_times, query_times = decode_position_rows(positions)
+        x = x + self.position_embedding(token_positions)
+        key_slots = time_slots(key_times, x.dtype)
+        # Retrieval is causal: every query's key limit is 0.
+        query_slots = F.pad(time_slots(query_times, x.dtype), (0, KEY_LIMIT_SLOTS))
+        for layer in self.layers:
+            x = layer(x, key_slots, query_slots)
+        return x
+
+
+class HistoryEventsInput:
+    """vLLM's multimodal hooks of a model whose prompt is a user's history of
+    events (`vllm_mtgr.multimodal.events`): item-ID retrieval and semantic-ID
+    retrieval. `self.model` is an `MTGRModel`."""
+
+    model: MTGRModel
+
+    def get_language_model(self) -> nn.Module:
+        return self.model
+
+    @classmethod
+    def get_placeholder_str(cls, modality: str, i: int) -> str | None:
+        # The history tokens themselves carry the events; no placeholder text.
+        return None
+
+    def embed_multimodal(self, **kwargs: object) -> Sequence[torch.Tensor]:
+        # Events arrive in chunks of EVENT_CHUNK_TOKENS: embed all chunks at
+        # once (a few kernels per batch, not per chunk), return per-chunk views.
+        item_ids = as_tensor_list(kwargs["item_ids"])
+        actions = as_tensor_list(kwargs["actions"])
+        device = self.model.position_embedding.weight.device
+        embeds = self.model.embed_events(
+            torch.cat(item_ids).to(device), torch.cat(actions).to(device)
+        )
+        return list(embeds.split([len(ids) for ids in item_ids]))
+
+    def embed_input_ids(
+        self,
+        input_ids: torch.Tensor,
+        multimodal_embeddings: Sequence[torch.Tensor] | None = None,
+        *,
+        is_multimodal: torch.Tensor | None = None,
+        **_kwargs: object,
+    ) -> torch.Tensor:
+        embeds = self.model.embed_events(input_ids)
+        return merge_event_embeddings(embeds, multimodal_embeddings, is_multimodal)
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    EventsMultiModalProcessor,
+    info=EventsProcessingInfo,
+    dummy_inputs=EventsDummyInputsBuilder,
+)
+class MTGRForCausalLM(HistoryEventsInput, nn.Module, SupportsMultiModal, SupportsMRoPE):
+    """HSTU next-item retrieval: the history is the prompt, items are tokens."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__()
+        self.config: MTGRConfig = vllm_config.model_config.hf_config
+        self.model_dir = vllm_config.model_config.model
+        self.model = MTGRModel(vllm_config=vllm_config, prefix=f"{prefix}model")
+        self.tp_size = get_tensor_model_parallel_world_size()
+        # 1 / |item embedding|, computed on first use after each weight load.
+        self._inverse_item_norms: torch.Tensor | None = None
+
+    def get_mrope_input_positions(
+        self, input_tokens: list[int], mm_features: list[object]
+    ) -> tuple[torch.Tensor, int]:
+        key_times, query_times, request_time = events_from_features(
+            len(input_tokens), mm_features
+        )
+        rows = encode_position_rows(len(input_tokens), key_times, query_times)
+        # An np.int64, not an int: the runner adds it to an np.int32 context
+        # length, and NumPy 2 would keep that sum in int32 and overflow.
+        return torch.from_numpy(rows), np.int64(decode_delta(request_time))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors: object = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **_kwargs: object,
+    ) -> torch.Tensor:
+        return self.model(input_ids, positions, inputs_embeds)
+
+    def _item_inverse_norms(self) -> torch.Tensor:
+        if self._inverse_item_norms is None:
+            weight = self.model.item_embedding.weight
+            norms = weight.float().norm(dim=-1).clamp(min=self.config.layer_norm_eps)
+            self._inverse_item_norms = norms.reciprocal()
+        return self._inverse_item_norms
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity to each item / temperature; special tokens -inf."""
+        eps = self.config.layer_norm_eps
+        outputs = hidden_states / hidden_states.norm(dim=-1, keepdim=True).clamp(
+            min=eps
+        )
+        weight = self.model.item_embedding.weight
+        logits = F.linear(outputs, weight).float() * self._item_inverse_norms()
+        if self.tp_size > 1:
+            logits = tensor_model_parallel_all_gather(logits)
+        logits = logits[:, : self.config.vocab_size] / self.config.logit_temperature
+        logits[:, 0] = float("-inf")
+        logits[:, self.config.unk_token_id] = float("-inf")
+        return logits
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        loaded = load_weights_by_name(self, weights, self.model_dir)
+        self._inverse_item_norms = None
+        return loaded
