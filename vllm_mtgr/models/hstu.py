@@ -20,6 +20,7 @@ from vllm.model_executor.layers.linear import (
 )
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 
+from vllm_mtgr import compat
 from vllm_mtgr.attention import HSTUAttention
 from vllm_mtgr.config import MTGRConfig
 from vllm_mtgr.kernels import HSTUAttentionParams, gated_layer_norm
@@ -220,3 +221,26 @@ def load_weights_by_name(
         getattr(param, "weight_loader", default_weight_loader)(param, tensor)
         loaded.add(name)
     return loaded
+
+
+class PoolerStepInput:
+    """For models whose pooler runs the layers again after the forward (the
+    ranking candidates, the semantic-ID beams): the forward keeps the step's
+    positions and attention metadata for the pooler. A mixin before
+    `nn.Module`; the model sets `model` and `_layer_name` (its first
+    attention layer's) and starts `_step` as None."""
+
+    model: nn.Module
+    _layer_name: str
+    _step: tuple[torch.Tensor, object] | None
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors: object = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **_kwargs: object,
+    ) -> torch.Tensor:
+        self._step = (positions, compat.step_attention_metadata(self._layer_name))
+        return self.model(input_ids, positions, inputs_embeds)

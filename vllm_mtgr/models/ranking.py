@@ -28,7 +28,6 @@ from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmb
 from vllm.model_executor.models.interfaces import SupportsMRoPE, SupportsMultiModal
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from vllm_mtgr import compat
 from vllm_mtgr.attention import KERNEL_BLOCK_MULTIPLE
 from vllm_mtgr.config import MTGRConfig
 from vllm_mtgr.kernels import candidate_attention
@@ -45,7 +44,7 @@ from vllm_mtgr.models.candidates import (
     CandidateRegistry,
     passes,
 )
-from vllm_mtgr.models.hstu import HSTUBlock, load_weights_by_name
+from vllm_mtgr.models.hstu import HSTUBlock, PoolerStepInput, load_weights_by_name
 from vllm_mtgr.models.scoring_head import ScoringHead
 from vllm_mtgr.multimodal.events import as_tensor_list, merge_event_embeddings
 from vllm_mtgr.multimodal.ranking import (
@@ -209,7 +208,7 @@ class CandidatePooler(Pooler):
     info=RankingProcessingInfo,
     dummy_inputs=RankingDummyInputsBuilder,
 )
-class MTGRForRanking(nn.Module, SupportsMultiModal, SupportsMRoPE):
+class MTGRForRanking(PoolerStepInput, nn.Module, SupportsMultiModal, SupportsMRoPE):
     """MTGR multi-task ranking: every candidate of a user in one forward."""
 
     is_pooling_model = True
@@ -299,17 +298,6 @@ class MTGRForRanking(nn.Module, SupportsMultiModal, SupportsMRoPE):
             ticket=self.candidates.file(candidates),
         )
         return torch.from_numpy(encoded), np.int64(0)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None,
-        positions: torch.Tensor,
-        intermediate_tensors: object = None,
-        inputs_embeds: torch.Tensor | None = None,
-        **_kwargs: object,
-    ) -> torch.Tensor:
-        self._step = (positions, compat.step_attention_metadata(self._layer_name))
-        return self.model(input_ids, positions, inputs_embeds)
 
     def score_finished(
         self, finished: list[bool], last_tokens: torch.Tensor

@@ -44,7 +44,6 @@ from vllm.model_executor.layers.pooler.common import PoolingParamsUpdate
 from vllm.model_executor.models.interfaces import SupportsMRoPE, SupportsMultiModal
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from vllm_mtgr import compat
 from vllm_mtgr.attention import KERNEL_BLOCK_MULTIPLE
 from vllm_mtgr.config import MTGRConfig
 from vllm_mtgr.decoding.beams import BeamStep, Excluded, excluded_nodes, next_beams
@@ -57,7 +56,7 @@ from vllm_mtgr.layout.positions import (
     encode_position_rows,
     set_beam_row,
 )
-from vllm_mtgr.models.hstu import load_weights_by_name
+from vllm_mtgr.models.hstu import PoolerStepInput, load_weights_by_name
 from vllm_mtgr.models.retrieval import HistoryEventsInput, MTGRModel
 from vllm_mtgr.multimodal.events import events_from_features
 from vllm_mtgr.multimodal.semantic import (
@@ -122,7 +121,7 @@ class BeamRequests:
     dummy_inputs=SemanticDummyInputsBuilder,
 )
 class MTGRForSemanticRetrieval(
-    HistoryEventsInput, nn.Module, SupportsMultiModal, SupportsMRoPE
+    PoolerStepInput, HistoryEventsInput, nn.Module, SupportsMultiModal, SupportsMRoPE
 ):
     """HSTU over semantic-ID tokens: constrained beam search per request."""
 
@@ -161,17 +160,6 @@ class MTGRForSemanticRetrieval(
             width, exclude_seen = (int(v) for v in beams[-1])
             set_beam_row(rows, width, bool(exclude_seen))
         return torch.from_numpy(rows), np.int64(0)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None,
-        positions: torch.Tensor,
-        intermediate_tensors: object = None,
-        inputs_embeds: torch.Tensor | None = None,
-        **_kwargs: object,
-    ) -> torch.Tensor:
-        self._step = (positions, compat.step_attention_metadata(self._layer_name))
-        return self.model(input_ids, positions, inputs_embeds)
 
     def search_finished(
         self,
