@@ -2,9 +2,8 @@
 # once the vLLM 0.26 bundle from ../shared/gpu-bundle is unpacked in /tmp/gpu-site:
 #     source scripts/gpu_env.sh
 # Installs this checkout of vllm-mtgr next to that vLLM and sets the environment.
-# Run Python from outside the checkout root (`cd tests && python -m pytest -q .`):
-# `python -m` puts the working directory first on sys.path, and the source tree
-# would shadow the installed package, whose kernels live elsewhere in it.
+# From the checkout's root, `python -m` finds the source tree first, which
+# imports as the installed package does (`vllm_mtgr/__init__.py`).
 export PYTHONPATH=/tmp/mtgr-site:/tmp/gpu-site
 export VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-deps --no-build-isolation --no-index --upgrade \

@@ -51,3 +51,14 @@ def test_wheel_installs_everything_under_vllm_mtgr(tmp_path):
     assert "[vllm.endpoint_plugins]" in text
     assert "[vllm.io_processor_plugins]" in text
     assert "vllm-mtgr = vllm_mtgr.cli:main" in text
+
+
+def test_the_checkout_imports_as_itself_from_its_root():
+    """From the root, Python finds `vllm_mtgr/` itself, not the install; its
+    installed subpackages (here trt/, with no imports) must still resolve.
+    -S: no site-packages, so no installed or editable copy can answer."""
+    subprocess.run(
+        [sys.executable, "-S", "-c", "import vllm_mtgr.trt.names"],
+        cwd=ROOT,
+        check=True,
+    )

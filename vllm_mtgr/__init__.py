@@ -6,6 +6,15 @@ process it starts, so it is idempotent and imports model code only lazily.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+# kernels/, converters/ and trt/ sit beside this folder in a checkout and
+# install as its subpackages (setup.cfg `package_dir`). Run from the
+# checkout's root, Python imports this folder itself: look for them beside it.
+_CHECKOUT = Path(__file__).resolve().parent.parent
+if (_CHECKOUT / "setup.cfg").is_file() and (_CHECKOUT / "trt").is_dir():
+    __path__.append(str(_CHECKOUT))
+
 ARCHITECTURES = {
     "MTGRForCausalLM": "vllm_mtgr.models.retrieval:MTGRForCausalLM",
     "MTGRForRanking": "vllm_mtgr.models.ranking:MTGRForRanking",
