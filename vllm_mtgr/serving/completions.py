@@ -22,6 +22,7 @@ import difflib
 import math
 from typing import Any
 
+from vllm_mtgr import compat
 from vllm_mtgr.decoding.seen_items import refuse_engine_ending_seed
 from vllm_mtgr.errors import RequestError
 from vllm_mtgr.multimodal.events import MODALITY
@@ -208,12 +209,7 @@ def check_room_for_items(engine_inputs: list[Any], max_model_len: int) -> None:
     """A history of max_model_len items leaves no position for a
     recommendation; vLLM would say "max_tokens must be at least 1, got 0"."""
     for i, engine_input in enumerate(engine_inputs):
-        # A dict in vLLM 0.32, an object in older renderers.
-        token_ids = (
-            engine_input.get("prompt_token_ids")
-            if isinstance(engine_input, dict)
-            else getattr(engine_input, "prompt_token_ids", None)
-        ) or ()
+        token_ids = compat.prompt_token_ids(engine_input)
         if len(token_ids) >= max_model_len:
             which = f"history {i}" if len(engine_inputs) > 1 else "the history"
             raise RequestError(
