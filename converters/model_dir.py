@@ -90,9 +90,8 @@ def write_model_dir(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(directory)
-    ranking = "MTGRForRanking" in (config.architectures or [])
     write_tokenizer(
-        directory, config.num_items, config.max_position_embeddings, ranking
+        directory, config.num_items, config.max_position_embeddings, config.is_ranking
     )
     generation = {"temperature": 0.0, "max_new_tokens": 1, "pad_token_id": 0}
     (directory / "generation_config.json").write_text(json.dumps(generation, indent=2))

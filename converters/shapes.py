@@ -16,10 +16,6 @@ class CheckpointError(ValueError):
     """A checkpoint the converters cannot use; the message names the tensor."""
 
 
-def is_ranking(config: MTGRConfig) -> bool:
-    return "MTGRForRanking" in (config.architectures or [])
-
-
 def weight_shapes(config: MTGRConfig) -> dict[str, tuple[int, ...]]:
     d, h = config.hidden_size, config.num_attention_heads
     dqk, dv = config.attention_dim, config.linear_dim
@@ -29,7 +25,7 @@ def weight_shapes(config: MTGRConfig) -> dict[str, tuple[int, ...]]:
     }
     if config.num_action_types:
         shapes["model.action_embedding.weight"] = (config.num_action_types, d)
-    if is_ranking(config):
+    if config.is_ranking:
         shapes["model.profile_embedding.weight"] = (
             max(config.profile_vocab_size, 1),
             d,
@@ -52,11 +48,11 @@ def weight_shapes(config: MTGRConfig) -> dict[str, tuple[int, ...]]:
         shapes[prefix + "attn.relative_bias.time_weight"] = (
             config.num_time_buckets + 1,
         )
-        if is_ranking(config):
+        if config.is_ranking:
             for norm, width in (("input_norm", d), ("output_norm", h * dv)):
                 shapes[f"{prefix}{norm}.weight"] = (NUM_GROUPS, width)
                 shapes[f"{prefix}{norm}.bias"] = (NUM_GROUPS, width)
-    if is_ranking(config):
+    if config.is_ranking:
         tasks, hidden = len(config.task_names), config.head_hidden_size
         shapes["scoring_head.w1"] = (tasks, d, hidden)
         shapes["scoring_head.b1"] = (tasks, hidden)

@@ -158,6 +158,11 @@ class MTGRConfig(PretrainedConfig):
         check_config(self)
 
     @property
+    def is_ranking(self) -> bool:
+        """An MTGR ranking model (candidates scored), not retrieval."""
+        return "MTGRForRanking" in (self.architectures or [])
+
+    @property
     def unk_token_id(self) -> int:
         return self.num_items + 1
 

@@ -22,7 +22,7 @@ class MTGRRenderer(HfRenderer):
         if not isinstance(prompt, dict):
             return
         config = self.config.model_config.hf_config
-        if "MTGRForRanking" in (config.architectures or []):
+        if config.is_ranking:
             # The ranking processor validates the request and builds the prompt.
             if RANKING not in (prompt.get("multi_modal_data") or {}):
                 raise RequestError(

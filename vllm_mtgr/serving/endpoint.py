@@ -38,5 +38,5 @@ class MTGREndpointPlugin:
 
 def _is_ranking(state: Any) -> bool:
     config = getattr(state, "vllm_config", None)
-    architectures = config.model_config.hf_config.architectures if config else []
-    return "MTGRForRanking" in (architectures or [])
+    # Any model may be served with the plugin loaded; only ours have the property.
+    return bool(config and getattr(config.model_config.hf_config, "is_ranking", False))
