@@ -244,3 +244,15 @@ class PoolerStepInput:
     ) -> torch.Tensor:
         self._step = (positions, compat.step_attention_metadata(self._layer_name))
         return self.model(input_ids, positions, inputs_embeds)
+
+    def finished_step(
+        self, finished: list[bool], last_tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, object, list[int], torch.Tensor] | None:
+        """The step just run, taken once: (its positions, its attention
+        metadata, the batch rows of the requests it finished, those rows on
+        the device); None while vLLM profiles (no requests, no cache)."""
+        step, self._step = self._step, None
+        if step is None or step[1] is None:
+            return None
+        rows = [i for i, done in enumerate(finished) if done]
+        return *step, rows, torch.tensor(rows, device=last_tokens.device)

@@ -303,15 +303,13 @@ class MTGRForRanking(PoolerStepInput, nn.Module, SupportsMultiModal, SupportsMRo
         self, finished: list[bool], last_tokens: torch.Tensor
     ) -> list[torch.Tensor | None]:
         """Candidates' scores of each finished request (see CandidatePooler)."""
-        step, self._step = self._step, None
-        if step is None or step[1] is None:  # profiling: no requests, no cache
+        step = self.finished_step(finished, last_tokens)
+        if step is None:
             return [self._profile_candidates()] * len(finished)
-        positions, metadata = step
+        positions, metadata, rows, index = step
         outputs: list[torch.Tensor | None] = [None] * len(finished)
-        rows = [i for i, done in enumerate(finished) if done]
         if not rows:
             return outputs
-        index = torch.tensor(rows, device=last_tokens.device)
         tickets = decode_tickets(positions[2, last_tokens[index]]).tolist()
         if 0 in tickets:  # the engine's warm-up: dummy requests, no candidates
             return [self._profile_candidates()] * len(finished)

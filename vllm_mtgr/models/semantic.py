@@ -169,15 +169,13 @@ class MTGRForSemanticRetrieval(
         pooling_metadata,
     ) -> list[torch.Tensor | None]:
         """Each finished request's beam (see `BeamPooler`)."""
-        step, self._step = self._step, None
-        if step is None or step[1] is None:  # profiling: no requests, no cache
+        step = self.finished_step(finished, last_tokens)
+        if step is None:
             return [self._profile_search()] * len(finished)
-        positions, metadata = step
+        positions, metadata, rows, index = step
         outputs: list[torch.Tensor | None] = [None] * len(finished)
-        rows = [i for i, done in enumerate(finished) if done]
         if not rows:
             return outputs
-        index = torch.tensor(rows, device=last_tokens.device)
         last = last_tokens[index]
         widths, exclude = decode_beam_rows(positions[2, last])
         widths = widths.tolist()
