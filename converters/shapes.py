@@ -6,9 +6,8 @@ from it, and the tests build checkpoints from it.
 
 from __future__ import annotations
 
-from vllm_mtgr.config import MTGRConfig
+from vllm_mtgr.config import NUM_GROUPS, MTGRConfig
 
-NUM_GROUPS = 4  # profile, long history, real-time history, candidates
 ITEM_EMBEDDING = "model.item_embedding.weight"
 
 

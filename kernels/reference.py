@@ -341,9 +341,7 @@ class MTGRReference(nn.Module):
             _RankingLayer(config, CANDIDATE + 1)
             for _ in range(config.num_hidden_layers)
         )
-        self.scoring_head = ScoringHead(
-            d, config.head_hidden_size, len(config.task_names), config.layer_norm_eps
-        )
+        self.scoring_head = ScoringHead.from_config(config)
 
     def _tokens(self, request: Mapping) -> dict[str, torch.Tensor]:
         """Per token: group, item, action, time, logical position, key limit.

@@ -26,12 +26,7 @@ def load_scoring_head(model_dir: str | Path) -> ScoringHead:
     """The scoring head of a served MTGRForRanking directory, in float32."""
     model_dir = Path(model_dir)
     config = MTGRConfig.from_pretrained(model_dir)
-    head = ScoringHead(
-        config.hidden_size,
-        config.head_hidden_size,
-        len(config.task_names),
-        config.layer_norm_eps,
-    )
+    head = ScoringHead.from_config(config)
     state = {}
     for shard in sorted(model_dir.glob("*.safetensors")):
         state.update(

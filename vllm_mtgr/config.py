@@ -56,6 +56,9 @@ INTEGER_RANGES = {
     "max_candidates": (0, 2**20),
     "max_beam_width": (0, 4096),
 }
+# MTGR's token groups (profile, long history, real-time history, candidates):
+# one LayerNorm affine per group.
+NUM_GROUPS = 4
 POSITIVE_FLOATS = ("time_bucket_divisor", "layer_norm_eps", "logit_temperature")
 
 

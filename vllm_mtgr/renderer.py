@@ -12,9 +12,8 @@ from typing import Any
 from vllm.renderers.hf import HfRenderer
 
 from vllm_mtgr.errors import RequestError
+from vllm_mtgr.multimodal.ranking import MODALITY as RANKING
 from vllm_mtgr.requests.validation import check_history
-
-RANKING = "ranking"  # the ranking modality (vllm_mtgr.multimodal.ranking)
 
 
 class MTGRRenderer(HfRenderer):

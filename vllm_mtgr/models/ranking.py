@@ -29,7 +29,7 @@ from vllm.model_executor.models.interfaces import SupportsMRoPE, SupportsMultiMo
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from vllm_mtgr.attention import KERNEL_BLOCK_MULTIPLE
-from vllm_mtgr.config import MTGRConfig
+from vllm_mtgr.config import NUM_GROUPS, MTGRConfig
 from vllm_mtgr.kernels import candidate_attention
 from vllm_mtgr.layout.positions import (
     decode_position_rows,
@@ -56,7 +56,7 @@ from vllm_mtgr.multimodal.ranking import (
     RankingMultiModalProcessor,
     RankingProcessingInfo,
 )
-from vllm_mtgr.requests.ranking import CANDIDATE, NUM_GROUPS
+from vllm_mtgr.requests.ranking import CANDIDATE
 
 
 class CandidateMLP(nn.Module):
@@ -219,12 +219,7 @@ class MTGRForRanking(PoolerStepInput, nn.Module, SupportsMultiModal, SupportsMRo
         self.config = config
         self.model_dir = vllm_config.model_config.model
         self.model = MTGRRankingModel(vllm_config=vllm_config, prefix=f"{prefix}model")
-        self.scoring_head = ScoringHead(
-            config.hidden_size,
-            config.head_hidden_size,
-            len(config.task_names),
-            config.layer_norm_eps,
-        )
+        self.scoring_head = ScoringHead.from_config(config)
         self.pooler = CandidatePooler(self.score_finished)
         max_seqs = vllm_config.scheduler_config.max_num_seqs
         self.candidates = CandidateRegistry(capacity=8 * max_seqs)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vllm_mtgr.config import MTGRConfig
+
 
 class ScoringHead(nn.Module):
     """sigmoid(w2_t . silu(LayerNorm(h) @ W1_t + b1_t) + b2_t) for each task t."""
@@ -25,6 +27,16 @@ class ScoringHead(nn.Module):
         self.b1 = nn.Parameter(torch.empty(num_tasks, head_hidden_size))
         self.w2 = nn.Parameter(torch.empty(num_tasks, head_hidden_size))
         self.b2 = nn.Parameter(torch.empty(num_tasks))
+
+    @classmethod
+    def from_config(cls, config: MTGRConfig) -> ScoringHead:
+        """The head of a ranking config: one per task, over `hidden_size`."""
+        return cls(
+            config.hidden_size,
+            config.head_hidden_size,
+            len(config.task_names),
+            config.layer_norm_eps,
+        )
 
     def forward(self, candidates: torch.Tensor) -> torch.Tensor:
         tasks, hidden_size, head_size = self.w1.shape

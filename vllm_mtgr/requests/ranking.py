@@ -34,13 +34,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from vllm_mtgr.arrays import floats, integers
-from vllm_mtgr.config import MTGRConfig
+from vllm_mtgr.config import NUM_GROUPS, MTGRConfig
 from vllm_mtgr.errors import RequestError
 from vllm_mtgr.layout.positions import MAX_TIMESTAMP
 from vllm_mtgr.requests.behaviors import Behaviors, parse_behaviors
 
-PROFILE, HISTORY, REALTIME, CANDIDATE = range(4)  # token groups
-NUM_GROUPS = 4
+PROFILE, HISTORY, REALTIME, CANDIDATE = range(NUM_GROUPS)  # token groups
 REQUEST_FIELDS = frozenset(
     {"profile", "history", "realtime", "candidates", "request_timestamp"}
 )
