@@ -19,6 +19,13 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from vllm_mtgr.tokenizer import (
+    CANDIDATE_TOKEN,
+    PROFILE_TOKEN,
+    UNK_TOKEN,
+    special_token_ids,
+)
+
 # Timestamps travel to the model in M-RoPE-style position rows (see
 # `vllm_mtgr.layout.positions`). vLLM switches those rows on when the config
 # declares an `mrope_section`; nothing is ever rotated, so the rotated
@@ -84,12 +91,13 @@ def check_config(config: MTGRConfig) -> None:
             raise ConfigError(
                 f"config.json `{name}` must be a finite number above 0, got {value!r}"
             )
-    specials = 4 if config.task_names else 2
-    if config.vocab_size < config.num_items + specials:
+    special = special_token_ids(config.num_items)
+    last = special[CANDIDATE_TOKEN if config.task_names else UNK_TOKEN]
+    if config.vocab_size < last + 1:
         raise ConfigError(
             f"config.json `vocab_size` ({config.vocab_size}) must hold padding, "
             f"the {config.num_items} items (`num_items`) and the special tokens: "
-            f"at least {config.num_items + specials}"
+            f"at least {last + 1}"
         )
 
 
@@ -167,15 +175,15 @@ class MTGRConfig(PretrainedConfig):
 
     @property
     def unk_token_id(self) -> int:
-        return self.num_items + 1
+        return special_token_ids(self.num_items)[UNK_TOKEN]
 
     @property
     def profile_token_id(self) -> int:
-        return self.num_items + 2
+        return special_token_ids(self.num_items)[PROFILE_TOKEN]
 
     @property
     def candidate_token_id(self) -> int:
-        return self.num_items + 3
+        return special_token_ids(self.num_items)[CANDIDATE_TOKEN]
 
     # vLLM reads these two names to size the KV cache.
     @property

@@ -21,6 +21,13 @@ CANDIDATE_TOKEN = "<candidate>"
 ITEM_PREFIX = "item_"
 
 
+def special_token_ids(num_items: int) -> dict[str, int]:
+    """The ids after the items: `<unk>`, then the ranking slots (a retrieval
+    vocabulary stops after `<unk>`)."""
+    return {UNK_TOKEN: num_items + 1, PROFILE_TOKEN: num_items + 2,
+            CANDIDATE_TOKEN: num_items + 3}  # fmt: skip
+
+
 def item_token(item_id: int) -> str:
     return f"{ITEM_PREFIX}{item_id}"
 
@@ -41,10 +48,8 @@ def build_tokenizer(
         raise ValueError(f"{len(names)} token names for {num_items} items")
     vocab = {PAD_TOKEN: 0}
     vocab.update((name, i) for i, name in enumerate(names, start=1))
-    vocab[UNK_TOKEN] = num_items + 1
-    if ranking:
-        vocab[PROFILE_TOKEN] = num_items + 2
-        vocab[CANDIDATE_TOKEN] = num_items + 3
+    special = special_token_ids(num_items)
+    vocab.update(special if ranking else {UNK_TOKEN: special[UNK_TOKEN]})
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)
