@@ -2,6 +2,7 @@
 
     python benchmarks/host_profile.py peer --out DIR        # DLRMv3 peer forward
     python benchmarks/host_profile.py returning --out DIR   # retrieval, cold/returning
+    python benchmarks/host_profile.py recsys --out DIR      # ranking, cold/returning
     python benchmarks/host_profile.py decode --out DIR      # retrieval, next items
 
 Runs vLLM with its engine core in this process (no fork), so one cProfile
@@ -170,6 +171,48 @@ def returning(tmp: Path, serve, work, block_size: int | None) -> tuple[str, dict
     return title, results
 
 
+def recsys(tmp: Path, serve, work, block_size: int | None) -> tuple[str, dict]:
+    """NVIDIA recsys-examples' returning user (`serve.recsys_engine`): its
+    users cold, and the same shape with the long history cached by an
+    earlier request."""
+    model = serve.write_mtgr(work.recsys_preset, tmp / "recsys", work.dtype)
+    llm, user, earlier = serve.recsys_engine(model, work, block_size)
+    llm._executor = InlineExecutor()
+    batches: list[list[dict]] = []
+
+    def rank() -> None:
+        llm.encode({"data": batches.pop()}, pooling_task="plugin", use_tqdm=False)
+
+    def new_users() -> None:
+        batches.append([user() for _ in range(work.recsys_users)])
+
+    def returning_users() -> None:
+        users = [user() for _ in range(work.recsys_users)]
+        llm.encode(
+            {"data": [earlier(u) for u in users]}, pooling_task="plugin",
+            use_tqdm=False,
+        )  # fmt: skip
+        batches.append(users)
+
+    new_users()
+    rank()  # warm-up
+    results = {
+        f"cold, {work.recsys_users} users": profile_calls(
+            rank, REPEATS, setup=new_users
+        ),
+        f"returning, {work.recsys_users} users": profile_calls(
+            rank, REPEATS, setup=returning_users
+        ),
+    }
+    title = (
+        f"recsys-examples' returning user, `{work.recsys_preset}`: "
+        f"{work.recsys_users} users x ({work.recsys_cached} cached + "
+        f"{work.recsys_new} new events, {work.recsys_candidates} candidates), "
+        f"KV block size {llm.llm_engine.vllm_config.cache_config.block_size}"
+    )
+    return title, results
+
+
 def decode(tmp: Path, serve, work, block_size: int | None) -> tuple[str, dict]:
     """Many users' next items: each user's history and 1 item, then the same
     with `decode_steps` items; the difference is the decode steps."""
@@ -246,7 +289,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("workload", choices=["peer", "returning", "decode"])
+    parser.add_argument("workload", choices=["peer", "returning", "recsys", "decode"])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes")
     parser.add_argument(
@@ -259,7 +302,8 @@ def main() -> None:
 
     work = serve.SMOKE if args.smoke else serve.Workload()
     with tempfile.TemporaryDirectory() as tmp:
-        run = {"peer": peer, "returning": returning, "decode": decode}[args.workload]
+        run = {"peer": peer, "returning": returning, "recsys": recsys,
+               "decode": decode}[args.workload]  # fmt: skip
         title, results = run(Path(tmp), serve, work, args.block_size)
     text = f"# Host profile\n\n{serve.header()}\n\n{report(title, results)}"
     print(text)

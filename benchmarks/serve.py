@@ -624,11 +624,12 @@ def peer_server_section(model: Path, work: Workload) -> dict:
             server.kill()
 
 
-def returning_ranking_section(model: Path, work: Workload) -> dict:
-    """NVIDIA recsys-examples' returning user: per user a long history of
-    `recsys_cached` tokens cached by an earlier request, `recsys_new` new
-    real-time events, `recsys_candidates` candidates; `recsys_users` at once.
-    Against the same requests cold (new users)."""
+def recsys_engine(model: Path, work: Workload, block_size: int | None = None):
+    """The engine of NVIDIA recsys-examples' returning user, and two makers:
+    `user()`, a new user's request (a long history of `recsys_cached` tokens,
+    `recsys_new` new real-time events, `recsys_candidates` candidates), and
+    `earlier(request)`, the same user before the new events. KV blocks of
+    `block_size` tokens (default: 64 on a GPU, 16 on the CPU)."""
     from vllm import LLM
 
     config = json.loads((model / "config.json").read_text())
@@ -637,7 +638,7 @@ def returning_ranking_section(model: Path, work: Workload) -> dict:
     kwargs.update(
         max_num_batched_tokens=work.recsys_users * history,
         max_num_seqs=work.recsys_users,
-        block_size=64 if torch.cuda.is_available() else 16,
+        block_size=block_size or (64 if torch.cuda.is_available() else 16),
     )
     kwargs.pop("max_logprobs")
     llm = LLM(**kwargs)
@@ -661,8 +662,16 @@ def returning_ranking_section(model: Path, work: Workload) -> dict:
             "request_timestamp": int(times[-1]) + 60,
         }
 
-    def earlier(request: dict) -> dict:  # the same user before the new events
+    def earlier(request: dict) -> dict:
         return {**request, "realtime": None}
+
+    return llm, user, earlier
+
+
+def returning_ranking_section(model: Path, work: Workload) -> dict:
+    """NVIDIA recsys-examples' returning user (`recsys_engine`),
+    `recsys_users` at once, against the same requests cold (new users)."""
+    llm, user, earlier = recsys_engine(model, work)
 
     def rank(requests: list[dict]) -> tuple[float, list[int]]:
         start = time.perf_counter()
