@@ -32,12 +32,12 @@ How they travel, and the alternatives we weighed:
    worker, as tensors through msgpack's zero-copy buffers.
    `get_mrope_input_positions`, called in the worker once per request as it
    joins the batch, files them in a `CandidateRegistry` under a ticket and
-   writes the ticket into the last token's position row (`events`). The
-   pooler, after the forward that finishes requests, reads the finished
-   requests' tickets from that step's positions, and runs all their
-   candidates through the layers at once: per layer one launch of
-   `kernels.candidate_attention` over the KV pages the history has just
-   filled. Cost: one small device-to-host read of the tickets per step that
+   writes the ticket into the last token's position row
+   (`vllm_mtgr.layout.positions`). The pooler, after the forward that
+   finishes requests, reads the finished requests' tickets from that step's
+   positions, and runs all their candidates through the layers at once: per
+   layer one launch of `kernels.candidate_attention` over the KV pages the
+   history has just filled. Cost: one small device-to-host read of the tickets per step that
    finishes a request. Candidates hold no KV slot and no block hash.
 """
 

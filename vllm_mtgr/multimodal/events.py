@@ -64,6 +64,65 @@ from vllm_mtgr import compat
 from vllm_mtgr.requests.events import Events, EventsError, parse_events
 from vllm_mtgr.requests.validation import check_history
 
+MODALITY = "events"
+# Each chunk costs vLLM's multimodal machinery (hashing, scheduling, encoder
+# cache) the same host time, whatever its length: a 1040-event history is 17
+# chunks, not 65 (host time per request, attention stubbed, on CPU: 10-11 ms
+# -> 7.6-7.8 ms). A grown history recomputes at most one chunk, so 64 tokens
+# is still cheap to redo.
+EVENT_CHUNK_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class EventChunk:
+    """One multimodal "events" item: a run of consecutive history tokens."""
+
+    offset: int
+    item_ids: np.ndarray
+    key_times: np.ndarray
+    query_times: np.ndarray
+    actions: np.ndarray
+
+    def as_tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            "item_ids": torch.from_numpy(self.item_ids),
+            "key_times": torch.from_numpy(self.key_times),
+            "query_times": torch.from_numpy(self.query_times),
+            "actions": torch.from_numpy(self.actions),
+        }
+
+
+def chunk_events(item_ids: Sequence[int], events: Events) -> list[EventChunk]:
+    """Split a history into "events" items of `EVENT_CHUNK_TOKENS` tokens."""
+    ids = np.asarray(item_ids, dtype=np.int64)
+    key_times = np.asarray(events.timestamps, dtype=np.int64)
+    query_times = np.asarray(events.query_times, dtype=np.int64)
+    actions = (
+        np.asarray(events.actions, dtype=np.int64)
+        if events.actions is not None
+        else np.zeros(len(ids), dtype=np.int64)
+    )
+    return [
+        EventChunk(
+            offset=start,
+            item_ids=ids[start : start + EVENT_CHUNK_TOKENS],
+            key_times=key_times[start : start + EVENT_CHUNK_TOKENS],
+            query_times=query_times[start : start + EVENT_CHUNK_TOKENS],
+            actions=actions[start : start + EVENT_CHUNK_TOKENS],
+        )
+        for start in range(0, len(ids), EVENT_CHUNK_TOKENS)
+    ]
+
+
+def content_hash(key: str, arrays: Mapping[str, np.ndarray]) -> str:
+    """The multimodal hash of an item: `key` (model, ...) and its named arrays."""
+    digest = hashlib.sha256(key.encode())
+    for name in sorted(arrays):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return digest.hexdigest()
+
+
 FIELDS = ("item_ids", "actions", "key_times", "query_times")
 
 
@@ -159,7 +218,8 @@ def host_fields(
 ) -> dict[str, MultiModalFieldConfig]:
     """One batched field per name, all kept on the host: position rows are
     computed there, and the embedding inputs reach the device in one copy per
-    batch (see `to_device_by_item`), not in one synchronous copy per item."""
+    batch (the models' `embed_multimodal`), not in one synchronous copy per
+    item."""
     return {
         name: MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
         for name in names
@@ -270,65 +330,6 @@ def _field(feature: object, name: str) -> np.ndarray:
     if isinstance(data, torch.Tensor):
         return data.numpy()
     return np.asarray(data)
-
-
-MODALITY = "events"
-# Each chunk costs vLLM's multimodal machinery (hashing, scheduling, encoder
-# cache) the same host time, whatever its length: a 1040-event history is 17
-# chunks, not 65 (host time per request, attention stubbed, on CPU: 10-11 ms
-# -> 7.6-7.8 ms). A grown history recomputes at most one chunk, so 64 tokens
-# is still cheap to redo.
-EVENT_CHUNK_TOKENS = 64
-
-
-@dataclass(frozen=True)
-class EventChunk:
-    """One multimodal "events" item: a run of consecutive history tokens."""
-
-    offset: int
-    item_ids: np.ndarray
-    key_times: np.ndarray
-    query_times: np.ndarray
-    actions: np.ndarray
-
-    def as_tensors(self) -> dict[str, torch.Tensor]:
-        return {
-            "item_ids": torch.from_numpy(self.item_ids),
-            "key_times": torch.from_numpy(self.key_times),
-            "query_times": torch.from_numpy(self.query_times),
-            "actions": torch.from_numpy(self.actions),
-        }
-
-
-def chunk_events(item_ids: Sequence[int], events: Events) -> list[EventChunk]:
-    """Split a history into "events" items of `EVENT_CHUNK_TOKENS` tokens."""
-    ids = np.asarray(item_ids, dtype=np.int64)
-    key_times = np.asarray(events.timestamps, dtype=np.int64)
-    query_times = np.asarray(events.query_times, dtype=np.int64)
-    actions = (
-        np.asarray(events.actions, dtype=np.int64)
-        if events.actions is not None
-        else np.zeros(len(ids), dtype=np.int64)
-    )
-    return [
-        EventChunk(
-            offset=start,
-            item_ids=ids[start : start + EVENT_CHUNK_TOKENS],
-            key_times=key_times[start : start + EVENT_CHUNK_TOKENS],
-            query_times=query_times[start : start + EVENT_CHUNK_TOKENS],
-            actions=actions[start : start + EVENT_CHUNK_TOKENS],
-        )
-        for start in range(0, len(ids), EVENT_CHUNK_TOKENS)
-    ]
-
-
-def content_hash(key: str, arrays: Mapping[str, np.ndarray]) -> str:
-    """The multimodal hash of an item: `key` (model, ...) and its named arrays."""
-    digest = hashlib.sha256(key.encode())
-    for name in sorted(arrays):
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
-    return digest.hexdigest()
 
 
 def as_tensor_list(batch: object) -> list[torch.Tensor]:
