@@ -37,8 +37,9 @@ How they travel, and the alternatives we weighed:
    finishes requests, reads the finished requests' tickets from that step's
    positions, and runs all their candidates through the layers at once: per
    layer one launch of `kernels.candidate_attention` over the KV pages the
-   history has just filled. Cost: one small device-to-host read of the tickets per step that
-   finishes a request. Candidates hold no KV slot and no block hash.
+   history has just filled. Cost: one small device-to-host read of the
+   tickets per step that finishes a request. Candidates hold no KV slot and
+   no block hash.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ the models share (weights by name). docs/DESIGN.md section 3 has the math."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Set
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,8 @@ from vllm.model_executor.layers.linear import (
     MergedColumnParallelLinear,
     RowParallelLinear,
 )
+from vllm.model_executor.layers.pooler.abstract import Pooler
+from vllm.model_executor.layers.pooler.common import PoolingParamsUpdate
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 
 from vllm_mtgr import compat
@@ -256,3 +258,33 @@ class PoolerStepInput:
             return None
         rows = [i for i, done in enumerate(finished) if done]
         return *step, rows, torch.tensor(rows, device=last_tokens.device)
+
+
+class FinishedStepPooler(Pooler):
+    """The pooler of a `PoolerStepInput` model: hands the requests a step
+    finishes to `run(finished, last_tokens, hidden_states, pooling_metadata)`
+    and returns its output per request (None for one still in prefill).
+    `requires_token_ids`: the model also reads each prompt's tokens."""
+
+    def __init__(
+        self, run: Callable[..., list[torch.Tensor | None]], requires_token_ids: bool
+    ) -> None:
+        super().__init__()
+        # A callable, not the model: a module here would be a submodule loop.
+        self.run = run
+        self.requires_token_ids = requires_token_ids
+
+    def get_supported_tasks(self) -> Set[str]:
+        return {"plugin"}
+
+    def get_pooling_updates(self, task: str) -> PoolingParamsUpdate:
+        return PoolingParamsUpdate(requires_token_ids=self.requires_token_ids)
+
+    def forward(self, hidden_states: torch.Tensor, pooling_metadata) -> list:
+        cursor = pooling_metadata.get_pooling_cursor()
+        return self.run(
+            cursor.is_finished().tolist(),
+            cursor.last_token_indices_gpu,
+            hidden_states,
+            pooling_metadata,
+        )

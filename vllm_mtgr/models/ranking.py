@@ -14,7 +14,7 @@ them with `ScoringHead`, which `vllm_mtgr.trt` also exports.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence, Set
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,8 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
-from vllm.model_executor.layers.pooler.abstract import Pooler
-from vllm.model_executor.layers.pooler.common import PoolingParamsUpdate
 from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
 from vllm.model_executor.models.interfaces import SupportsMRoPE, SupportsMultiModal
 from vllm.multimodal import MULTIMODAL_REGISTRY
@@ -44,7 +42,12 @@ from vllm_mtgr.models.candidates import (
     CandidateRegistry,
     passes,
 )
-from vllm_mtgr.models.hstu import HSTUBlock, PoolerStepInput, load_weights_by_name
+from vllm_mtgr.models.hstu import (
+    FinishedStepPooler,
+    HSTUBlock,
+    PoolerStepInput,
+    load_weights_by_name,
+)
 from vllm_mtgr.models.scoring_head import ScoringHead
 from vllm_mtgr.multimodal.events import as_tensor_list, merge_event_embeddings
 from vllm_mtgr.multimodal.ranking import (
@@ -178,31 +181,6 @@ class MTGRRankingModel(nn.Module):
         return x
 
 
-class CandidatePooler(Pooler):
-    """Scores the candidates of the requests whose history a step completes.
-
-    Output per finished request: `[candidates, tasks]` probabilities (None
-    for a request still in prefill).
-    """
-
-    def __init__(
-        self, score: Callable[[list[bool], torch.Tensor], list[torch.Tensor | None]]
-    ) -> None:
-        super().__init__()
-        # A callable, not the model: a module here would be a submodule loop.
-        self.score = score
-
-    def get_supported_tasks(self) -> Set[str]:
-        return {"plugin"}
-
-    def get_pooling_updates(self, task: str) -> PoolingParamsUpdate:
-        return PoolingParamsUpdate()
-
-    def forward(self, hidden_states: torch.Tensor, pooling_metadata) -> list:
-        cursor = pooling_metadata.get_pooling_cursor()
-        return self.score(cursor.is_finished().tolist(), cursor.last_token_indices_gpu)
-
-
 @MULTIMODAL_REGISTRY.register_processor(
     RankingMultiModalProcessor,
     info=RankingProcessingInfo,
@@ -220,7 +198,8 @@ class MTGRForRanking(PoolerStepInput, nn.Module, SupportsMultiModal, SupportsMRo
         self.model_dir = vllm_config.model_config.model
         self.model = MTGRRankingModel(vllm_config=vllm_config, prefix=f"{prefix}model")
         self.scoring_head = ScoringHead.from_config(config)
-        self.pooler = CandidatePooler(self.score_finished)
+        # Output per finished request: `[candidates, tasks]` probabilities.
+        self.pooler = FinishedStepPooler(self.score_finished, requires_token_ids=False)
         max_seqs = vllm_config.scheduler_config.max_num_seqs
         self.candidates = CandidateRegistry(capacity=8 * max_seqs)
         self._profile_rows = min(ROWS_PER_PASS, max_seqs * config.max_candidates)
@@ -295,9 +274,9 @@ class MTGRForRanking(PoolerStepInput, nn.Module, SupportsMultiModal, SupportsMRo
         return torch.from_numpy(encoded), np.int64(0)
 
     def score_finished(
-        self, finished: list[bool], last_tokens: torch.Tensor
+        self, finished: list[bool], last_tokens: torch.Tensor, *_pooler_args: object
     ) -> list[torch.Tensor | None]:
-        """Candidates' scores of each finished request (see CandidatePooler)."""
+        """Candidates' scores of each finished request (`FinishedStepPooler`)."""
         step = self.finished_step(finished, last_tokens)
         if step is None:
             return [self._profile_candidates()] * len(finished)

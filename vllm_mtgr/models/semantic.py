@@ -31,7 +31,7 @@ layer and reordered as beams are chosen, in plain PyTorch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence, Set
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -39,8 +39,6 @@ import torch.nn.functional as F
 from torch import nn
 from vllm.config import VllmConfig
 from vllm.distributed import get_tensor_model_parallel_world_size
-from vllm.model_executor.layers.pooler.abstract import Pooler
-from vllm.model_executor.layers.pooler.common import PoolingParamsUpdate
 from vllm.model_executor.models.interfaces import SupportsMRoPE, SupportsMultiModal
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
@@ -56,7 +54,11 @@ from vllm_mtgr.layout.positions import (
     encode_position_rows,
     set_beam_row,
 )
-from vllm_mtgr.models.hstu import PoolerStepInput, load_weights_by_name
+from vllm_mtgr.models.hstu import (
+    FinishedStepPooler,
+    PoolerStepInput,
+    load_weights_by_name,
+)
 from vllm_mtgr.models.retrieval import HistoryEventsInput, MTGRModel
 from vllm_mtgr.multimodal.events import events_from_features
 from vllm_mtgr.multimodal.semantic import (
@@ -66,35 +68,6 @@ from vllm_mtgr.multimodal.semantic import (
     SemanticProcessingInfo,
 )
 from vllm_mtgr.requests.semantic import catalogue_codes
-
-
-class BeamPooler(Pooler):
-    """Beam search for the requests whose history a step completes.
-
-    Output per finished request: `[items, 2]` float64 (item id, summed
-    log-probability), best first (None for a request still in prefill).
-    """
-
-    def __init__(self, search: Callable[..., list[torch.Tensor | None]]) -> None:
-        super().__init__()
-        # A callable, not the model: a module here would be a submodule loop.
-        self.search = search
-
-    def get_supported_tasks(self) -> Set[str]:
-        return {"plugin"}
-
-    def get_pooling_updates(self, task: str) -> PoolingParamsUpdate:
-        # The prompt's tokens: a user's seen items, for exclude_seen.
-        return PoolingParamsUpdate(requires_token_ids=True)
-
-    def forward(self, hidden_states: torch.Tensor, pooling_metadata) -> list:
-        cursor = pooling_metadata.get_pooling_cursor()
-        return self.search(
-            cursor.is_finished().tolist(),
-            cursor.last_token_indices_gpu,
-            hidden_states,
-            pooling_metadata,
-        )
 
 
 class BeamRequests:
@@ -139,7 +112,9 @@ class MTGRForSemanticRetrieval(
         self.model = MTGRModel(vllm_config=vllm_config, prefix=f"{prefix}model")
         with torch.device("cpu"):
             self.vocab = catalogue_codes(self.model_dir, config.num_items)
-        self.pooler = BeamPooler(self.search_finished)
+        # Output per finished request: `[items, 2]` float64 (item id, summed
+        # log-probability), best first. The prompt's tokens: the seen items.
+        self.pooler = FinishedStepPooler(self.search_finished, requires_token_ids=True)
         self._layer_name = self.model.layers[0].attn.layer_name
         max_seqs = vllm_config.scheduler_config.max_num_seqs
         self._profile_requests = max_seqs
@@ -168,7 +143,7 @@ class MTGRForSemanticRetrieval(
         hidden_states: torch.Tensor,
         pooling_metadata,
     ) -> list[torch.Tensor | None]:
-        """Each finished request's beam (see `BeamPooler`)."""
+        """Each finished request's beam (`FinishedStepPooler`)."""
         step = self.finished_step(finished, last_tokens)
         if step is None:
             return [self._profile_search()] * len(finished)
