@@ -249,15 +249,18 @@ class PoolerStepInput:
 
     def finished_step(
         self, finished: list[bool], last_tokens: torch.Tensor
-    ) -> tuple[torch.Tensor, object, list[int], torch.Tensor] | None:
+    ) -> tuple[torch.Tensor, object, list[int], torch.Tensor | None] | None:
         """The step just run, taken once: (its positions, its attention
         metadata, the batch rows of the requests it finished, those rows on
-        the device); None while vLLM profiles (no requests, no cache)."""
+        the device, None if there are none); None while vLLM profiles (no
+        requests, no cache)."""
         step, self._step = self._step, None
         if step is None or step[1] is None:
             return None
         rows = [i for i, done in enumerate(finished) if done]
-        return *step, rows, torch.tensor(rows, device=last_tokens.device)
+        # No copy to the device for a step that finishes nothing (a chunk).
+        index = torch.tensor(rows, device=last_tokens.device) if rows else None
+        return *step, rows, index
 
 
 class FinishedStepPooler(Pooler):
