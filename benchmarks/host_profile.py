@@ -24,11 +24,69 @@ import random
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import import_module
 from pathlib import Path
 
 TOP = 25
 REPEATS = 3
+# Stages of one call, timed by wrapping these methods while the unprofiled
+# wall times run: (module, class, method). Nested stages (the model runner's
+# parts inside `execute_model`) count inside their parent too. The model
+# runner's `execute_model` ends in the pooler's wait for the device.
+STAGES = (
+    ("vllm_mtgr.renderer", "MTGRRenderer", "process_for_engine"),
+    ("vllm.v1.engine.llm_engine", "LLMEngine", "add_request"),
+    ("vllm.v1.core.sched.scheduler", "Scheduler", "schedule"),
+    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "execute_model"),
+    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "_update_states"),
+    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "_execute_mm_encoder"),
+    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "_prepare_inputs"),
+    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "_model_forward"),
+    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "_pool"),
+    ("vllm.v1.core.sched.scheduler", "Scheduler", "update_from_output"),
+    ("vllm.v1.engine.output_processor", "OutputProcessor", "process_outputs"),
+)
+
+
+class StageTimer:
+    """Seconds and calls of the `STAGES` run while `timing` is set (the
+    calls measured, not their setup)."""
+
+    def __init__(self) -> None:
+        self.timing = False
+        self.totals: dict[str, list[float]] = {}
+
+    @contextmanager
+    def installed(self) -> Iterator[StageTimer]:
+        restore = []
+        for module, cls_name, method in STAGES:
+            cls = getattr(import_module(module), cls_name)
+            original = cls.__dict__.get(method)
+            if original is None:  # not in this vLLM version
+                continue
+            row = self.totals.setdefault(f"{cls_name}.{method}", [0.0, 0])
+            setattr(cls, method, self._timed(original, row))
+            restore.append((cls, method, original))
+        try:
+            yield self
+        finally:
+            for cls, method, original in restore:
+                setattr(cls, method, original)
+
+    def _timed(self, original: Callable, row: list[float]) -> Callable:
+        def timed(*args, **kwargs):
+            if not self.timing:
+                return original(*args, **kwargs)
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                row[0] += time.perf_counter() - start
+                row[1] += 1
+
+        return timed
 
 
 def profile_calls(
@@ -39,11 +97,14 @@ def profile_calls(
     import torch
 
     walls = []
-    for _ in range(repeats):
-        setup()
-        start = time.perf_counter()
-        call()
-        walls.append(1e3 * (time.perf_counter() - start))
+    with StageTimer().installed() as stages:
+        for _ in range(repeats):
+            setup()
+            stages.timing = True
+            start = time.perf_counter()
+            call()
+            walls.append(1e3 * (time.perf_counter() - start))
+            stages.timing = False
     profiler = cProfile.Profile()
     for _ in range(repeats):
         setup()
@@ -53,6 +114,10 @@ def profile_calls(
     stats = pstats.Stats(profiler)
     result = {
         "wall_ms": statistics.median(walls),
+        "stages": [
+            (name, 1e3 * seconds / repeats, round(calls / repeats))
+            for name, (seconds, calls) in stages.totals.items()
+        ],
         "own": _rows(stats, "tottime", repeats),
         "cumulative": _rows(stats, "cumtime", repeats),
     }
@@ -271,6 +336,9 @@ def report(title: str, results: dict) -> str:
     for name, r in results.items():
         device = f", device kernels {r['device_ms']:.1f} ms" if "device_ms" in r else ""
         parts.append(f"### {name}: wall {r['wall_ms']:.1f} ms per call{device}")
+        lines = ["| stage (unprofiled) | ms per call | calls |", "|---|---|---|"]
+        lines += [f"| `{s}` | {ms:.2f} | {n} |" for s, ms, n in r["stages"]]
+        parts.append("\n".join(lines))
         for key, label in (("own", "own time"), ("cumulative", "cumulative time")):
             lines = [
                 f"| host function ({label}) | ms per call | calls |",

@@ -90,6 +90,8 @@ class Workload:
     peer_history: int = 1024
     peer_candidates: int = 2048
     peer_repeats: int = 5
+    # Batches of peer users sent in one call for the sustained rate.
+    peer_sustained: int = 8
     # KV block sizes of the offline peer runs (16 and 64 until 2026-12, when
     # candidates were tokens and 16-token blocks cost 4x the block hashes).
     peer_block_sizes: tuple[int, ...] = (64,)
@@ -122,6 +124,7 @@ SMOKE = Workload(
     peer_history=200,
     peer_candidates=32,
     peer_repeats=2,
+    peer_sustained=2,
     recsys_preset="mtgr-rank-small",
     recsys_users=2,
     recsys_cached=100,
@@ -477,7 +480,12 @@ def as_binary(user: dict) -> dict:
     return convert(user)
 
 
-def peer_engine(model: Path, work: Workload, block_size: int | None = None):
+def peer_engine(
+    model: Path,
+    work: Workload,
+    block_size: int | None = None,
+    async_scheduling: bool | None = None,
+):
     """(`LLM`, config, tokens per forward): room for every peer user in one step.
 
     Candidates are not prompt tokens: a step holds the users' histories; the
@@ -491,6 +499,8 @@ def peer_engine(model: Path, work: Workload, block_size: int | None = None):
         max_num_batched_tokens=work.peer_users * history,
         max_num_seqs=work.peer_users,
         block_size=block_size,
+        # None: vLLM's default, which is off for pooling models.
+        async_scheduling=async_scheduling,
     )
     kwargs.pop("max_logprobs")
     step_tokens = work.peer_users * (history + work.peer_candidates)
@@ -498,16 +508,25 @@ def peer_engine(model: Path, work: Workload, block_size: int | None = None):
 
 
 def peer_section(
-    model: Path, work: Workload, block_size: int, in_process: bool
+    model: Path,
+    work: Workload,
+    block_size: int,
+    in_process: bool,
+    async_scheduling: bool | None = None,
 ) -> dict:
     """The peer users through `LLM.encode`, its engine core in its own process
     (vLLM's default) or in this one. In its own process the core starts a
     step as soon as the first user arrives, while the others are still being
     added: 1 user, then 31 (seen with a print in the pooler, 2026-12-02). In
-    this process all 32 are added before the one step."""
+    this process all 32 are added before the one step.
+
+    Cold and warm time one batch of `peer_users` alone: the latency of one
+    forward with everything around it. Sustained sends `peer_sustained`
+    batches in one call, as a user ranking many users would: with the core
+    in its own process, rendering the next users overlaps the current step."""
     if in_process:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    llm, config, step_tokens = peer_engine(model, work, block_size)
+    llm, config, step_tokens = peer_engine(model, work, block_size, async_scheduling)
     rng = random.Random(3)
 
     def rank(users: list[dict]) -> tuple[float, list[int]]:
@@ -525,6 +544,13 @@ def peer_section(
         warm.append(seconds)
         cached.append(statistics.median(hits))
     cold_s, warm_s = statistics.median(cold), statistics.median(warm)
+    scheduler = llm.llm_engine.vllm_config.scheduler_config
+    many = [
+        user
+        for _ in range(work.peer_sustained)
+        for user in ranking_users(config, work, rng)
+    ]
+    sustained_s = rank(many)[0] / work.peer_sustained
     return {
         "block_size": block_size,
         "tokens_per_forward": step_tokens,
@@ -536,6 +562,9 @@ def peer_section(
         "inputs": "NumPy arrays (offline API)",
         "candidates_are_tokens": False,
         "engine_core": "in process" if in_process else "own process",
+        "sustained_ms_per_32_users": 1e3 * sustained_s * 32 / work.peer_users,
+        "sustained_tokens_per_s": step_tokens / sustained_s,
+        "async_scheduling": scheduler.async_scheduling,
     }
 
 
@@ -733,8 +762,12 @@ def section_main(args: argparse.Namespace) -> None:
     if kind == "retrieval":
         out = asyncio.run(retrieval_section(models[arg], work, arg == "mtgr", rates))
     elif kind == "peer":
-        size, _, in_process = arg.partition(":")
-        out = peer_section(models["ranking"], work, int(size), in_process == "1")
+        # peer:BLOCK:IN_PROCESS[:ASYNC], each 0 or 1; ASYNC absent: vLLM's default
+        size, in_process, *scheduling = arg.split(":")
+        asynchronous = (scheduling[0] == "1") if scheduling else None
+        out = peer_section(
+            models["ranking"], work, int(size), in_process == "1", asynchronous
+        )
     elif kind == "peer-server":
         out = peer_server_section(models["ranking"], work)
     else:
@@ -836,9 +869,10 @@ def run(work: Workload, models: dict, skip: list[str]) -> tuple[list[str], dict]
         )
     if "peer" not in skip:
         peer = [
-            run_section(f"peer:{size}:{in_process}", work, models)
+            run_section(f"peer:{size}:{spec}", work, models)
             for size in work.peer_block_sizes
-            for in_process in (0, 1)
+            # own process, in process, own process with async scheduling
+            for spec in ("0", "1", "0:1")
         ]
         raw["peer"] = peer
         report.append(

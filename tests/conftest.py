@@ -32,6 +32,7 @@ else:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from safetensors.torch import save_file  # noqa: E402
+from server_process import GPU_MEMORY_UTILIZATION  # noqa: E402
 
 from vllm_mtgr.config import MTGRConfig  # noqa: E402
 from vllm_mtgr.converters import mtgr_ranking  # noqa: E402
@@ -56,7 +57,7 @@ ENGINE_KWARGS = dict(
     dtype="float32",
     enforce_eager=True,
     block_size=BLOCK_SIZE,
-    gpu_memory_utilization=0.3,
+    gpu_memory_utilization=GPU_MEMORY_UTILIZATION,
     max_num_seqs=8,
     max_logprobs=-1,
     logprobs_mode="processed_logits",

@@ -15,9 +15,14 @@ import httpx
 import pytest
 
 STARTUP_SECONDS = 300
+# Each test engine's share of the device. Lower it to run test modules side
+# by side on one GPU (pytest-xdist): the tiny models need little KV cache.
+GPU_MEMORY_UTILIZATION = float(
+    os.environ.get("MTGR_TEST_GPU_MEMORY_UTILIZATION", "0.3")
+)
 CPU_ARGS = [
     "--dtype", "float32", "--enforce-eager", "--block-size", "16",
-    "--gpu-memory-utilization", "0.3", "--max-num-seqs", "8",
+    "--gpu-memory-utilization", str(GPU_MEMORY_UTILIZATION), "--max-num-seqs", "8",
 ]  # fmt: skip
 
 
