@@ -20,6 +20,7 @@ from vllm.model_executor.layers.linear import (
 )
 from vllm.model_executor.layers.pooler.abstract import Pooler
 from vllm.model_executor.layers.pooler.common import PoolingParamsUpdate
+from vllm.model_executor.layers.quantization import QuantizationConfig
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 
 from vllm_mtgr import compat
@@ -108,6 +109,7 @@ class HSTUBlock(nn.Module):
         cache_config: CacheConfig | None,
         prefix: str,
         num_groups: int = 0,
+        quant_config: QuantizationConfig | None = None,
     ) -> None:
         super().__init__()
         self.tp_size = get_tensor_model_parallel_world_size()
@@ -125,6 +127,7 @@ class HSTUBlock(nn.Module):
             config.hidden_size,
             [total_heads * self.dv] * 2 + [total_heads * self.dqk] * 2,
             bias=False,
+            quant_config=quant_config,
             prefix=f"{prefix}.uvqk_proj",
         )
         self.params = _attention_params(config)
@@ -140,6 +143,7 @@ class HSTUBlock(nn.Module):
             config.hidden_size,
             bias=True,
             input_is_parallel=True,
+            quant_config=quant_config,
             prefix=f"{prefix}.o_proj",
         )
         self.input_norm = self.output_norm = None

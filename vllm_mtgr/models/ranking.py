@@ -103,6 +103,7 @@ class MTGRRankingModel(nn.Module):
                 vllm_config.cache_config,
                 prefix=f"{prefix}.layers.{i}",
                 num_groups=NUM_GROUPS,
+                quant_config=vllm_config.quant_config,
             )
             for i in range(config.num_hidden_layers)
         )

@@ -66,7 +66,12 @@ class MTGRModel(nn.Module):
             else None
         )
         self.layers = nn.ModuleList(
-            HSTUBlock(config, vllm_config.cache_config, prefix=f"{prefix}.layers.{i}")
+            HSTUBlock(
+                config,
+                vllm_config.cache_config,
+                prefix=f"{prefix}.layers.{i}",
+                quant_config=vllm_config.quant_config,
+            )
             for i in range(config.num_hidden_layers)
         )
 
