@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +101,8 @@ class Workload:
     recsys_cached: int = 3968
     recsys_new: int = 128
     recsys_candidates: int = 256
+    # vLLM's --quantization for every engine (None: the dtype's weights).
+    quantization: str | None = None
 
 
 SMOKE = Workload(
@@ -174,6 +176,7 @@ def engine_kwargs(
         model=str(model),
         load_format="dummy",
         dtype=work.dtype,
+        quantization=work.quantization,
         max_model_len=max_model_len,
         max_num_batched_tokens=max(work.max_num_batched_tokens, max_model_len),
         gpu_memory_utilization=work.gpu_memory_utilization,
@@ -590,6 +593,7 @@ def peer_server_section(model: Path, work: Workload) -> dict:
         "--max-num-seqs", str(work.peer_users), "--block-size", "64" if gpu else "16",
         "--gpu-memory-utilization", str(work.gpu_memory_utilization),
         *([] if gpu else ["--enforce-eager"]),
+        *(["--quantization", work.quantization] if work.quantization else []),
     ]  # fmt: skip
     log = Path(tempfile.gettempdir()) / "peer-server.log"
     with open(log, "w") as output:
@@ -792,6 +796,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes")
     parser.add_argument("--skip", nargs="*", default=[], choices=list(SECTIONS))
+    parser.add_argument("--quantization", help="vLLM's, for every engine: fp8")
     parser.add_argument("--section", help=argparse.SUPPRESS)
     for hidden in ("--work", "--models", "--rates", "--result"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
@@ -800,7 +805,7 @@ def main() -> None:
         section_main(args)
         return
 
-    work = SMOKE if args.smoke else Workload()
+    work = replace(SMOKE if args.smoke else Workload(), quantization=args.quantization)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         mtgr = write_mtgr(work.retrieval_preset, tmp / "mtgr", work.dtype)
@@ -819,6 +824,8 @@ def main() -> None:
     stem = f"serve-{'smoke-' if args.smoke else ''}{time.strftime('%Y%m%d')}"
     if args.skip:  # a partial run: name the sections it has
         stem += "-" + "-".join(s for s in SECTIONS if s not in args.skip)
+    if args.quantization:
+        stem += f"-{args.quantization}"
     (args.out / f"{stem}.md").write_text(text + "\n")
     raw["header"] = header()
     (args.out / f"{stem}.json").write_text(json.dumps(raw, indent=2))
