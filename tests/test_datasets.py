@@ -8,9 +8,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
-from movielens import load_sequences, metrics, num_items, queries  # noqa: E402
+import pytest  # noqa: E402
+from movielens import (  # noqa: E402
+    AMAZON_FILES,
+    DATA_DIR,
+    load_sequences,
+    metrics,
+    num_items,
+    queries,
+)
 
 
+@pytest.mark.skipif(
+    not (DATA_DIR / AMAZON_FILES["beauty"]).is_file(),
+    reason=f"needs Amazon Beauty at {DATA_DIR} (research-use data, not shipped)",
+)
 def test_amazon_beauty_has_the_published_counts_and_split():
     # S3-Rec's and TIGER's statistics (../shared/data/.../SOURCE.md).
     sequences = load_sequences("beauty")
