@@ -63,6 +63,8 @@ ENGINE_KWARGS = dict(
     logprobs_mode="processed_logits",
     seed=0,
 )
+# Pooling models (ranking, semantic IDs) sample no tokens: no logprobs.
+POOLING_ENGINE_KWARGS = {k: v for k, v in ENGINE_KWARGS.items() if "logprobs" not in k}
 
 
 @dataclass

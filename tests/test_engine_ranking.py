@@ -13,7 +13,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import BLOCK_SIZE, ENGINE_KWARGS, engine_for_module
+from conftest import BLOCK_SIZE, POOLING_ENGINE_KWARGS, engine_for_module
 from ranking_cases import (
     TOLERANCE,
     oracle_scores,
@@ -28,13 +28,12 @@ from vllm_mtgr.arrays import encode_array  # noqa: E402
 from vllm_mtgr.compat import cached_block_count  # noqa: E402
 
 pytestmark = pytest.mark.engine
-KWARGS = {k: v for k, v in ENGINE_KWARGS.items() if "logprobs" not in k}
 
 
 @pytest.fixture(scope="module")
 def llm(tiny_ranking_model):
     model = str(tiny_ranking_model.model_dir)
-    with engine_for_module(model, in_process=True, **KWARGS) as llm:
+    with engine_for_module(model, in_process=True, **POOLING_ENGINE_KWARGS) as llm:
         yield llm
 
 

