@@ -611,8 +611,8 @@ def peer_server_section(model: Path, work: Workload) -> dict:
                 pass
             time.sleep(2)
         rng = random.Random(5)
-        bodies = [
-            json.dumps({"model": "peer", "data": as_binary(user)}).encode()
+        users = [
+            as_binary(user)
             for _ in range(work.peer_repeats + 1)
             for user in ranking_users(config, work, rng)
         ]
@@ -633,21 +633,38 @@ def peer_server_section(model: Path, work: Workload) -> dict:
                 latencies = await asyncio.gather(*[one(b) for b in batch])
                 return time.perf_counter() - start, list(latencies)
 
-        users = work.peer_users
-        asyncio.run(send_all(bodies[:users]))  # warm-up
-        walls, latencies = [], []
-        for first in range(users, len(bodies), users):
-            wall, lat = asyncio.run(send_all(bodies[first : first + users]))
-            walls.append(wall)
-            latencies += lat
+        clients = work.peer_users
+
+        def measure(scores_format: str) -> tuple[list[bytes], list[float], list[float]]:
+            bodies = [
+                json.dumps(
+                    {"model": "peer", "data": {**user, "scores_format": scores_format}}
+                ).encode()
+                for user in users
+            ]
+            asyncio.run(send_all(bodies[:clients]))  # warm-up
+            walls, latencies = [], []
+            for first in range(clients, len(bodies), clients):
+                wall, lat = asyncio.run(send_all(bodies[first : first + clients]))
+                walls.append(wall)
+                latencies += lat
+            return bodies, walls, latencies
+
+        # Scores as JSON lists (the default; the rows before 2026-12-03), then
+        # as binary arrays (`scores_format`).
+        bodies, walls, latencies = measure("lists")
+        _, binary_walls, binary_latencies = measure("binary")
         return {
-            "concurrent_clients": users,
+            "concurrent_clients": clients,
             "requests": len(latencies),
             "request_bytes": statistics.median(len(b) for b in bodies),
             "requests_per_s": len(latencies) / sum(walls),
             "p50_ms": 1e3 * _percentile(latencies, 0.5),
             "p99_ms": 1e3 * _percentile(latencies, 0.99),
-            "wall_ms_per_32_users": 1e3 * statistics.median(walls) * 32 / users,
+            "wall_ms_per_32_users": 1e3 * statistics.median(walls) * 32 / clients,
+            "binary_scores_requests_per_s": len(binary_latencies) / sum(binary_walls),
+            "binary_scores_p50_ms": 1e3 * _percentile(binary_latencies, 0.5),
+            "binary_scores_p99_ms": 1e3 * _percentile(binary_latencies, 0.99),
         }
     finally:
         server.terminate()
@@ -894,7 +911,8 @@ def run(work: Workload, models: dict, skip: list[str]) -> tuple[list[str], dict]
         raw["peer_server"] = server
         report.append(
             "## The same users through `/pooling`: one user per request, typed "
-            f"binary fields, {work.peer_users} concurrent clients\n\n"
+            f"binary fields, {work.peer_users} concurrent clients; scores as "
+            "JSON lists, then as binary arrays (`binary_scores_*`)\n\n"
             + markdown_table([server], list(server))
         )
     if "recsys" not in skip:

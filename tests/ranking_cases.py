@@ -7,6 +7,7 @@ import random
 import torch
 from conftest import TINY_RANKING
 
+from vllm_mtgr.arrays import decode_array
 from vllm_mtgr.kernels.reference import MTGRReference
 
 TOLERANCE = 1e-4  # fp32 on CPU
@@ -56,7 +57,12 @@ def oracle_scores(reference: MTGRReference, request: dict) -> torch.Tensor:
 
 
 def served_scores(result: dict, tasks: list[str]) -> torch.Tensor:
-    return torch.tensor([result["scores"][task] for task in tasks]).T
+    """[candidates, tasks] of a result, its scores as lists or binary arrays."""
+    columns = [result["scores"][task] for task in tasks]
+    return torch.stack([
+        torch.from_numpy(decode_array(c)) if isinstance(c, dict) else torch.tensor(c)
+        for c in columns
+    ]).T  # fmt: skip
 
 
 def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:

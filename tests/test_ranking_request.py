@@ -85,3 +85,50 @@ def test_timestamps_out_of_time_order_are_named(field):
     assert raised.value.parameter == f"{field}.timestamps"
     times[3] = times[4]  # equal times are in order
     parse_ranking_request(request, CONFIG)
+
+
+@pytest.mark.parametrize("scores_format", ["csv", "LISTS", "", 0, ["binary"]])
+def test_an_unknown_scores_format_is_named(scores_format):
+    request = random_request(random.Random(26))
+    request["scores_format"] = scores_format
+    with pytest.raises(RequestError, match="`scores_format` is") as raised:
+        parse_ranking_request(request, CONFIG)
+    assert raised.value.parameter == "scores_format"
+
+
+def test_scores_format_defaults_to_lists():
+    request = random_request(random.Random(27))
+    assert parse_ranking_request(request, CONFIG).scores_format == "lists"
+    request["scores_format"] = None  # JSON null: the default, as elsewhere
+    assert parse_ranking_request(request, CONFIG).scores_format == "lists"
+    request["scores_format"] = "binary"
+    assert parse_ranking_request(request, CONFIG).scores_format == "binary"
+
+
+def test_each_pending_request_gets_its_own_scores_formats():
+    from collections import OrderedDict
+
+    from vllm_mtgr.serving.ranking import RankingIOProcessor
+
+    processor = RankingIOProcessor.__new__(RankingIOProcessor)  # no engine
+    processor.config, processor._formats = CONFIG, OrderedDict()
+    rng = random.Random(28)
+
+    def users(*formats):
+        return [
+            parse_ranking_request({**random_request(rng), "scores_format": f}, CONFIG)
+            for f in formats
+        ]
+
+    # A client may send one id twice: each response takes its own formats.
+    processor.pre_process(users("binary"), request_id="a")
+    processor.pre_process(users("lists", "binary"), request_id="a")
+    assert processor._take_formats("a", 2) == ["lists", "binary"]
+    assert processor._take_formats("a", 1) == ["binary"]
+    with pytest.raises(RuntimeError, match="were not kept"):
+        processor._take_formats("a", 1)
+    # Offline (no id): a call that failed after `pre_process` is replaced.
+    processor.pre_process(users("binary"), request_id=None)
+    processor.pre_process(users("lists"), request_id=None)
+    assert processor._take_formats(None, 1) == ["lists"]
+    assert not processor._formats

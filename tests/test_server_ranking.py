@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 from ranking_cases import (
     TOLERANCE,
     oracle_scores,
@@ -74,6 +75,8 @@ def _bad(change):
         (_bad(lambda r: r["candidates"]["features"].pop()), "candidates.features",
          "one list of 5 numbers"),
         ([], "data", "no ranking request"),
+        (_bad(lambda r: r.update(scores_format="csv")), "scores_format",
+         "it takes one of ['lists', 'binary']"),
     ],
 )  # fmt: skip
 def test_bad_request_gets_400_naming_the_field(pool, data, param, message):
@@ -104,6 +107,24 @@ def test_binary_fields_equal_json_lists(pool, tiny_ranking_model):
     assert binary.status_code == 200, binary.text
     got = served_scores(binary.json()["data"]["results"][0], tasks)
     expected = served_scores(lists.json()["data"]["results"][0], tasks)
+    assert relative_error(got, expected) < TOLERANCE
+
+
+def test_binary_scores_equal_the_lists_and_the_oracle(pool, tiny_ranking_model):
+    # One user twice in one request, once per format (their rows of the pass
+    # differ, and so do the float32 sums in the last bits).
+    request = random_request(random.Random(17), history=25, candidates=30)
+    response = pool([request, {**request, "scores_format": "binary"}])
+    assert response.status_code == 200, response.text
+    lists, binary = response.json()["data"]["results"]
+    tasks = tiny_ranking_model.config.task_names
+    for task in tasks:
+        assert set(binary["scores"][task]) == {"dtype", "shape", "data"}
+        assert binary["scores"][task]["dtype"] == "float32"
+    got = served_scores(binary, tasks)
+    assert got.dtype == torch.float32 and got.shape == (30, len(tasks))
+    assert relative_error(got, served_scores(lists, tasks)) < TOLERANCE
+    expected = oracle_scores(tiny_ranking_model.reference, request)
     assert relative_error(got, expected) < TOLERANCE
 
 

@@ -233,3 +233,8 @@ def encode_array(array: np.ndarray | torch.Tensor) -> dict[str, object]:
         "shape": list(array.shape),
         "data": base64.b64encode(little.tobytes()).decode(),
     }
+
+
+def decode_array(value: Mapping[str, object]) -> np.ndarray:
+    """An array from its HTTP form (for clients: binary scores, tests)."""
+    return _from_binary("array", value, {**INTEGER_DTYPES, **FLOAT_DTYPES})

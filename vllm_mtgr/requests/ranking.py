@@ -41,8 +41,20 @@ from vllm_mtgr.requests.behaviors import Behaviors, parse_behaviors
 
 PROFILE, HISTORY, REALTIME, CANDIDATE = range(NUM_GROUPS)  # token groups
 REQUEST_FIELDS = frozenset(
-    {"profile", "history", "realtime", "candidates", "request_timestamp"}
+    {
+        "profile",
+        "history",
+        "realtime",
+        "candidates",
+        "request_timestamp",
+        "scores_format",
+    }
 )
+# How a result's scores come back: JSON lists of numbers, or per task one
+# typed binary array of float32 (`vllm_mtgr.arrays`). As JSON lists, 2048
+# candidates x 4 tasks took the server ~5.6 ms per user to encode (2 CPU
+# cores); as binary, ~0.25 ms.
+SCORES_FORMATS = ("lists", "binary")
 CANDIDATE_FIELDS = frozenset({"items", "features", "timestamps"})
 
 
@@ -55,6 +67,7 @@ class RankingRequest:
     features: np.ndarray  # float32 [C, cross features]
     candidate_times: np.ndarray  # int64 [C]
     request_timestamp: int
+    scores_format: str = SCORES_FORMATS[0]
 
     @property
     def profile_time(self) -> int:
@@ -158,8 +171,24 @@ def parse_ranking_request(data: object, config: MTGRConfig) -> RankingRequest:
             f"{len(candidates)} items",
             "candidates.timestamps",
         )
+    scores_format = data.get("scores_format")
+    if scores_format is None:
+        scores_format = SCORES_FORMATS[0]
+    if scores_format not in SCORES_FORMATS:
+        raise RequestError(
+            f"`scores_format` is {scores_format!r}; it takes one of "
+            f"{list(SCORES_FORMATS)}",
+            "scores_format",
+        )
     request = RankingRequest(
-        profile, history, realtime, candidates, features, candidate_times, when
+        profile,
+        history,
+        realtime,
+        candidates,
+        features,
+        candidate_times,
+        when,
+        scores_format,
     )
     if (request.candidate_limits() == 0).any():
         raise RequestError(
