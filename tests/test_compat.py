@@ -96,13 +96,3 @@ def test_item_tokenizer_counts_separators_and_pickles(tiny_model):
     restored = pickle.loads(pickle.dumps(tokenizer))
     assert restored.max_chars_per_token == tokenizer.max_chars_per_token
     assert restored(text).input_ids == [1, 300]
-
-
-def test_the_multimodal_processor_cache_stays_off(tiny_ranking_model):
-    # A ranking item's hash leaves out its candidates: a processor cache would
-    # hand a returning user the previous request's candidates.
-    from vllm.engine.arg_utils import EngineArgs
-
-    args = EngineArgs(model=str(tiny_ranking_model.model_dir), mm_processor_cache_gb=4)
-    config = args.create_engine_config()
-    assert config.model_config.multimodal_config.mm_processor_cache_gb == 0
