@@ -123,11 +123,8 @@ def _model_defaults_class() -> type:
             model_config = vllm_config.model_config
             mm_config = model_config.multimodal_config
             if mm_config is not None:
-                # Our processors build their items themselves, so a processor
-                # cache would only hold copies of request data; and it must
-                # stay off: a ranking item's hash leaves out the candidates
-                # (models/candidates.py), so a cached item would hand a
-                # returning user the previous request's candidates.
+                # Our processors build their items themselves; caching processor
+                # outputs would only hold copies of request data.
                 mm_config.mm_processor_cache_gb = 0
             if model_config.runner_type == "pooling":
                 # Ranking: a context or the candidates must be computed in one
