@@ -4,7 +4,7 @@ the models share (weights by name). docs/DESIGN.md section 3 has the math."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Set
+from collections.abc import Callable, Iterable, Sequence, Set
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ from vllm_mtgr import compat
 from vllm_mtgr.attention import HSTUAttention
 from vllm_mtgr.config import MTGRConfig
 from vllm_mtgr.kernels import HSTUAttentionParams, gated_layer_norm
+from vllm_mtgr.multimodal.events import merge_event_embeddings
 from vllm_mtgr.weight_files import check_weight_files
 
 
@@ -227,6 +228,34 @@ def load_weights_by_name(
         getattr(param, "weight_loader", default_weight_loader)(param, tensor)
         loaded.add(name)
     return loaded
+
+
+class HistoryPromptInput:
+    """vLLM's multimodal hooks every model here shares: the prompt is a
+    user's history, its tokens embedded by `self.model.embed_input_ids` and,
+    where a multimodal item (events, ranking items) covers them, replaced by
+    that item's embeddings. Subclasses add `embed_multimodal`."""
+
+    model: nn.Module
+
+    def get_language_model(self) -> nn.Module:
+        return self.model
+
+    @classmethod
+    def get_placeholder_str(cls, modality: str, i: int) -> str | None:
+        # The history tokens themselves carry the items; no placeholder text.
+        return None
+
+    def embed_input_ids(
+        self,
+        input_ids: torch.Tensor,
+        multimodal_embeddings: Sequence[torch.Tensor] | None = None,
+        *,
+        is_multimodal: torch.Tensor | None = None,
+        **_kwargs: object,
+    ) -> torch.Tensor:
+        embeds = self.model.embed_input_ids(input_ids)
+        return merge_event_embeddings(embeds, multimodal_embeddings, is_multimodal)
 
 
 class PoolerStepInput:

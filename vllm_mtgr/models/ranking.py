@@ -44,12 +44,13 @@ from vllm_mtgr.models.candidates import (
 )
 from vllm_mtgr.models.hstu import (
     FinishedStepPooler,
+    HistoryPromptInput,
     HSTUBlock,
     PoolerStepInput,
     load_weights_by_name,
 )
 from vllm_mtgr.models.scoring_head import ScoringHead
-from vllm_mtgr.multimodal.events import as_tensor_list, merge_event_embeddings
+from vllm_mtgr.multimodal.events import as_tensor_list
 from vllm_mtgr.multimodal.ranking import (
     CANDIDATE_FIELDS,
     CONTEXT_ITEM,
@@ -187,7 +188,9 @@ class MTGRRankingModel(nn.Module):
     info=RankingProcessingInfo,
     dummy_inputs=RankingDummyInputsBuilder,
 )
-class MTGRForRanking(PoolerStepInput, nn.Module, SupportsMultiModal, SupportsMRoPE):
+class MTGRForRanking(
+    PoolerStepInput, HistoryPromptInput, nn.Module, SupportsMultiModal, SupportsMRoPE
+):
     """MTGR multi-task ranking: every candidate of a user in one forward."""
 
     is_pooling_model = True
@@ -208,13 +211,6 @@ class MTGRForRanking(PoolerStepInput, nn.Module, SupportsMultiModal, SupportsMRo
         # (positions, attention metadata) of the step's forward, for the pooler.
         self._step: tuple[torch.Tensor, object] | None = None
 
-    def get_language_model(self) -> nn.Module:
-        return self.model
-
-    @classmethod
-    def get_placeholder_str(cls, modality: str, i: int) -> str | None:
-        return None
-
     def embed_multimodal(self, **kwargs: object) -> Sequence[torch.Tensor]:
         device = self.model.position_embedding.weight.device
         kinds = [int(kind[0]) for kind in as_tensor_list(kwargs["kind"])]
@@ -234,17 +230,6 @@ class MTGRForRanking(PoolerStepInput, nn.Module, SupportsMultiModal, SupportsMRo
         rows = rows.to(device)
         embeds = self.model.embed_items(rows[0], rows[1], rows[2].bool())
         return list(embeds.split(lengths))
-
-    def embed_input_ids(
-        self,
-        input_ids: torch.Tensor,
-        multimodal_embeddings: Sequence[torch.Tensor] | None = None,
-        *,
-        is_multimodal: torch.Tensor | None = None,
-        **_kwargs: object,
-    ) -> torch.Tensor:
-        embeds = self.model.embed_input_ids(input_ids)
-        return merge_event_embeddings(embeds, multimodal_embeddings, is_multimodal)
 
     def get_mrope_input_positions(
         self, input_tokens: list[int], mm_features: list[object]

@@ -33,14 +33,13 @@ from vllm_mtgr.layout.positions import (
     encode_position_rows,
 )
 from vllm_mtgr.layout.slots import KEY_LIMIT_SLOTS, time_slots
-from vllm_mtgr.models.hstu import HSTUBlock, load_weights_by_name
+from vllm_mtgr.models.hstu import HistoryPromptInput, HSTUBlock, load_weights_by_name
 from vllm_mtgr.multimodal.events import (
     EventsDummyInputsBuilder,
     EventsMultiModalProcessor,
     EventsProcessingInfo,
     as_tensor_list,
     events_from_features,
-    merge_event_embeddings,
 )
 
 
@@ -86,6 +85,9 @@ class MTGRModel(nn.Module):
             x = x + self.action_embedding(actions)
         return x
 
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_events(input_ids)
+
     def forward(
         self,
         input_ids: torch.Tensor | None,
@@ -103,20 +105,12 @@ class MTGRModel(nn.Module):
         return x
 
 
-class HistoryEventsInput:
-    """vLLM's multimodal hooks of a model whose prompt is a user's history of
+class HistoryEventsInput(HistoryPromptInput):
+    """The events' embeddings of a model whose prompt is a user's history of
     events (`vllm_mtgr.multimodal.events`): item-ID retrieval and semantic-ID
     retrieval. `self.model` is an `MTGRModel`."""
 
     model: MTGRModel
-
-    def get_language_model(self) -> nn.Module:
-        return self.model
-
-    @classmethod
-    def get_placeholder_str(cls, modality: str, i: int) -> str | None:
-        # The history tokens themselves carry the events; no placeholder text.
-        return None
 
     def embed_multimodal(self, **kwargs: object) -> Sequence[torch.Tensor]:
         # Events arrive in chunks of EVENT_CHUNK_TOKENS: embed all chunks at
@@ -128,17 +122,6 @@ class HistoryEventsInput:
             torch.cat(item_ids).to(device), torch.cat(actions).to(device)
         )
         return list(embeds.split([len(ids) for ids in item_ids]))
-
-    def embed_input_ids(
-        self,
-        input_ids: torch.Tensor,
-        multimodal_embeddings: Sequence[torch.Tensor] | None = None,
-        *,
-        is_multimodal: torch.Tensor | None = None,
-        **_kwargs: object,
-    ) -> torch.Tensor:
-        embeds = self.model.embed_events(input_ids)
-        return merge_event_embeddings(embeds, multimodal_embeddings, is_multimodal)
 
 
 @MULTIMODAL_REGISTRY.register_processor(
