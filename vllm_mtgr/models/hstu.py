@@ -4,6 +4,7 @@ the models share (weights by name). docs/DESIGN.md section 3 has the math."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence, Set
 
 import torch
@@ -21,6 +22,7 @@ from vllm.model_executor.layers.linear import (
 from vllm.model_executor.layers.pooler.abstract import Pooler
 from vllm.model_executor.layers.pooler.common import PoolingParamsUpdate
 from vllm.model_executor.layers.quantization import QuantizationConfig
+from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 
 from vllm_mtgr import compat
@@ -228,6 +230,36 @@ def load_weights_by_name(
         getattr(param, "weight_loader", default_weight_loader)(param, tensor)
         loaded.add(name)
     return loaded
+
+
+class EventEmbeddings:
+    """The embeddings every model here builds its history tokens from, under
+    the same names in every checkpoint: item * sqrt(D) + action, and a
+    learned position embedding. A mixin before `nn.Module`."""
+
+    def init_event_embeddings(self, config: MTGRConfig, prefix: str) -> None:
+        d = config.hidden_size
+        self.embedding_scale = math.sqrt(d)
+        self.item_embedding = VocabParallelEmbedding(
+            config.vocab_size, d, prefix=f"{prefix}.item_embedding"
+        )
+        self.position_embedding = nn.Embedding(config.max_position_embeddings, d)
+        self.action_embedding = (
+            nn.Embedding(config.num_action_types, d)
+            if config.num_action_types
+            else None
+        )
+
+    def embed_events(
+        self, item_ids: torch.Tensor, actions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Token embedding of history events: item * sqrt(D) + action."""
+        x = self.item_embedding(item_ids) * self.embedding_scale
+        if self.action_embedding is not None:
+            if actions is None:
+                actions = torch.zeros_like(item_ids)
+            x = x + self.action_embedding(actions)
+        return x
 
 
 class HistoryPromptInput:

@@ -13,7 +13,6 @@ them with `ScoringHead`, which `vllm_mtgr.trt` also exports.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -22,7 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
-from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
 from vllm.model_executor.models.interfaces import SupportsMRoPE, SupportsMultiModal
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
@@ -43,6 +41,7 @@ from vllm_mtgr.models.candidates import (
     passes,
 )
 from vllm_mtgr.models.hstu import (
+    EventEmbeddings,
     FinishedStepPooler,
     HistoryPromptInput,
     HSTUBlock,
@@ -80,22 +79,13 @@ class CandidateMLP(nn.Module):
     # positions are the [3, tokens] ranking rows (see vllm_mtgr.layout.positions).
     dynamic_arg_dims={"input_ids": 0, "positions": -1, "inputs_embeds": 0}
 )
-class MTGRRankingModel(nn.Module):
+class MTGRRankingModel(EventEmbeddings, nn.Module):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
         config: MTGRConfig = vllm_config.model_config.hf_config
         d = config.hidden_size
         self.config = config
-        self.embedding_scale = math.sqrt(d)
-        self.item_embedding = VocabParallelEmbedding(
-            config.vocab_size, d, prefix=f"{prefix}.item_embedding"
-        )
-        self.position_embedding = nn.Embedding(config.max_position_embeddings, d)
-        self.action_embedding = (
-            nn.Embedding(config.num_action_types, d)
-            if config.num_action_types
-            else None
-        )
+        self.init_event_embeddings(config, prefix)
         self.profile_embedding = nn.Embedding(max(config.profile_vocab_size, 1), d)
         self.candidate_mlp = CandidateMLP(d, config.num_cross_features)
         self.layers = nn.ModuleList(
@@ -108,12 +98,6 @@ class MTGRRankingModel(nn.Module):
             )
             for i in range(config.num_hidden_layers)
         )
-
-    def embed_events(self, items: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        x = self.item_embedding(items) * self.embedding_scale
-        if self.action_embedding is not None:
-            x = x + self.action_embedding(actions)
-        return x
 
     def embed_items(
         self, values: torch.Tensor, actions: torch.Tensor, is_profile: torch.Tensor

@@ -9,7 +9,6 @@ Timestamps reach every token through its position rows
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -22,7 +21,6 @@ from vllm.distributed import (
     get_tensor_model_parallel_world_size,
     tensor_model_parallel_all_gather,
 )
-from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
 from vllm.model_executor.models.interfaces import SupportsMRoPE, SupportsMultiModal
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
@@ -33,7 +31,12 @@ from vllm_mtgr.layout.positions import (
     encode_position_rows,
 )
 from vllm_mtgr.layout.slots import KEY_LIMIT_SLOTS, time_slots
-from vllm_mtgr.models.hstu import HistoryPromptInput, HSTUBlock, load_weights_by_name
+from vllm_mtgr.models.hstu import (
+    EventEmbeddings,
+    HistoryPromptInput,
+    HSTUBlock,
+    load_weights_by_name,
+)
 from vllm_mtgr.multimodal.events import (
     EventsDummyInputsBuilder,
     EventsMultiModalProcessor,
@@ -47,23 +50,12 @@ from vllm_mtgr.multimodal.events import (
     # positions are the [3, tokens] event rows (see vllm_mtgr.layout.positions).
     dynamic_arg_dims={"input_ids": 0, "positions": -1, "inputs_embeds": 0}
 )
-class MTGRModel(nn.Module):
+class MTGRModel(EventEmbeddings, nn.Module):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
         config: MTGRConfig = vllm_config.model_config.hf_config
         self.config = config
-        self.embedding_scale = math.sqrt(config.hidden_size)
-        self.item_embedding = VocabParallelEmbedding(
-            config.vocab_size, config.hidden_size, prefix=f"{prefix}.item_embedding"
-        )
-        self.position_embedding = nn.Embedding(
-            config.max_position_embeddings, config.hidden_size
-        )
-        self.action_embedding = (
-            nn.Embedding(config.num_action_types, config.hidden_size)
-            if config.num_action_types
-            else None
-        )
+        self.init_event_embeddings(config, prefix)
         self.layers = nn.ModuleList(
             HSTUBlock(
                 config,
@@ -73,17 +65,6 @@ class MTGRModel(nn.Module):
             )
             for i in range(config.num_hidden_layers)
         )
-
-    def embed_events(
-        self, item_ids: torch.Tensor, actions: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Token embedding of history events: item * sqrt(D) + action."""
-        x = self.item_embedding(item_ids) * self.embedding_scale
-        if self.action_embedding is not None:
-            if actions is None:
-                actions = torch.zeros_like(item_ids)
-            x = x + self.action_embedding(actions)
-        return x
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embed_events(input_ids)
