@@ -93,8 +93,10 @@ class Workload:
     # Batches of peer users sent in one call for the sustained rate.
     peer_sustained: int = 8
     # KV block sizes of the offline peer runs (16 and 64 until 2026-12, when
-    # candidates were tokens and 16-token blocks cost 4x the block hashes).
-    peer_block_sizes: tuple[int, ...] = (64,)
+    # candidates were tokens and 16-token blocks cost 4x the block hashes;
+    # 256 since 2026-12-03: the host's block bookkeeping, hashes to frees, is
+    # per block).
+    peer_block_sizes: tuple[int, ...] = (64, 256)
     # NVIDIA recsys-examples' returning user (8 layers, D=1024, 4 x 256).
     recsys_preset: str = "mtgr-rank-recsys"
     recsys_users: int = 8
@@ -483,12 +485,7 @@ def as_binary(user: dict) -> dict:
     return convert(user)
 
 
-def peer_engine(
-    model: Path,
-    work: Workload,
-    block_size: int | None = None,
-    async_scheduling: bool | None = None,
-):
+def peer_engine(model: Path, work: Workload, block_size: int | None = None):
     """(`LLM`, config, tokens per forward): room for every peer user in one step.
 
     Candidates are not prompt tokens: a step holds the users' histories; the
@@ -502,8 +499,6 @@ def peer_engine(
         max_num_batched_tokens=work.peer_users * history,
         max_num_seqs=work.peer_users,
         block_size=block_size,
-        # None: vLLM's default, which is off for pooling models.
-        async_scheduling=async_scheduling,
     )
     kwargs.pop("max_logprobs")
     step_tokens = work.peer_users * (history + work.peer_candidates)
@@ -511,11 +506,7 @@ def peer_engine(
 
 
 def peer_section(
-    model: Path,
-    work: Workload,
-    block_size: int,
-    in_process: bool,
-    async_scheduling: bool | None = None,
+    model: Path, work: Workload, block_size: int, in_process: bool
 ) -> dict:
     """The peer users through `LLM.encode`, its engine core in its own process
     (vLLM's default) or in this one. In its own process the core starts a
@@ -526,34 +517,43 @@ def peer_section(
     Cold and warm time one batch of `peer_users` alone: the latency of one
     forward with everything around it. Sustained sends `peer_sustained`
     batches in one call, as a user ranking many users would: with the core
-    in its own process, rendering the next users overlaps the current step."""
+    in its own process, rendering the next users overlaps the current step.
+
+    Scores come back as lists (the default; every row before 2026-12-03),
+    and in the `numpy_scores_*` fields as NumPy arrays (`scores_format`)."""
     if in_process:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    llm, config, step_tokens = peer_engine(model, work, block_size, async_scheduling)
+    llm, config, step_tokens = peer_engine(model, work, block_size)
     rng = random.Random(3)
 
-    def rank(users: list[dict]) -> tuple[float, list[int]]:
+    def rank(users: list[dict], scores_format: str = "lists") -> tuple[float, list]:
+        data = [{**user, "scores_format": scores_format} for user in users]
         start = time.perf_counter()
-        (output,) = llm.encode({"data": users}, pooling_task="plugin", use_tqdm=False)
+        (output,) = llm.encode({"data": data}, pooling_task="plugin", use_tqdm=False)
         seconds = time.perf_counter() - start
         return seconds, [r["num_cached_tokens"] for r in output.outputs["results"]]
 
+    def sustained(scores_format: str) -> float:
+        many = [
+            user
+            for _ in range(work.peer_sustained)
+            for user in ranking_users(config, work, rng)
+        ]
+        seconds = rank(many, scores_format)[0] / work.peer_sustained
+        return seconds * 32 / work.peer_users
+
     rank(ranking_users(config, work, rng))  # warm-up
-    cold, warm, cached = [], [], []
+    cold, warm, cached, cold_numpy = [], [], [], []
     for _ in range(work.peer_repeats):
         users = ranking_users(config, work, rng)
         cold.append(rank(users)[0])
         seconds, hits = rank(with_new_candidates(users, config, rng))
         warm.append(seconds)
         cached.append(statistics.median(hits))
+        cold_numpy.append(rank(ranking_users(config, work, rng), "numpy")[0])
     cold_s, warm_s = statistics.median(cold), statistics.median(warm)
     scheduler = llm.llm_engine.vllm_config.scheduler_config
-    many = [
-        user
-        for _ in range(work.peer_sustained)
-        for user in ranking_users(config, work, rng)
-    ]
-    sustained_s = rank(many)[0] / work.peer_sustained
+    sustained_s = sustained("lists")
     return {
         "block_size": block_size,
         "tokens_per_forward": step_tokens,
@@ -565,9 +565,11 @@ def peer_section(
         "inputs": "NumPy arrays (offline API)",
         "candidates_are_tokens": False,
         "engine_core": "in process" if in_process else "own process",
-        "sustained_ms_per_32_users": 1e3 * sustained_s * 32 / work.peer_users,
-        "sustained_tokens_per_s": step_tokens / sustained_s,
+        "sustained_ms_per_32_users": 1e3 * sustained_s,
+        "sustained_tokens_per_s": step_tokens * 32 / work.peer_users / sustained_s,
         "async_scheduling": scheduler.async_scheduling,
+        "numpy_scores_cold_ms": 1e3 * statistics.median(cold_numpy),
+        "numpy_scores_sustained_ms_per_32_users": 1e3 * sustained("numpy"),
     }
 
 
@@ -783,12 +785,8 @@ def section_main(args: argparse.Namespace) -> None:
     if kind == "retrieval":
         out = asyncio.run(retrieval_section(models[arg], work, arg == "mtgr", rates))
     elif kind == "peer":
-        # peer:BLOCK:IN_PROCESS[:ASYNC], each 0 or 1; ASYNC absent: vLLM's default
-        size, in_process, *scheduling = arg.split(":")
-        asynchronous = (scheduling[0] == "1") if scheduling else None
-        out = peer_section(
-            models["ranking"], work, int(size), in_process == "1", asynchronous
-        )
+        size, in_process = arg.split(":")  # peer:BLOCK:IN_PROCESS (0 or 1)
+        out = peer_section(models["ranking"], work, int(size), in_process == "1")
     elif kind == "peer-server":
         out = peer_server_section(models["ranking"], work)
     else:
@@ -895,8 +893,10 @@ def run(work: Workload, models: dict, skip: list[str]) -> tuple[list[str], dict]
         peer = [
             run_section(f"peer:{size}:{spec}", work, models)
             for size in work.peer_block_sizes
-            # own process, in process, own process with async scheduling
-            for spec in ("0", "1", "0:1")
+            # The engine core in its own process (vLLM's default), in this one.
+            # Async scheduling (own process, 2026-12-03): 75.5 ms cold, 1,058
+            # ms per 32 users sustained; vLLM keeps it off for pooling models.
+            for spec in ("0", "1")
         ]
         raw["peer"] = peer
         report.append(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import torch
 from conftest import TINY_RANKING
 
@@ -57,12 +58,17 @@ def oracle_scores(reference: MTGRReference, request: dict) -> torch.Tensor:
 
 
 def served_scores(result: dict, tasks: list[str]) -> torch.Tensor:
-    """[candidates, tasks] of a result, its scores as lists or binary arrays."""
-    columns = [result["scores"][task] for task in tasks]
-    return torch.stack([
-        torch.from_numpy(decode_array(c)) if isinstance(c, dict) else torch.tensor(c)
-        for c in columns
-    ]).T  # fmt: skip
+    """[candidates, tasks] of a result, its scores as lists, binary arrays or
+    (offline) NumPy arrays."""
+
+    def column(scores: object) -> torch.Tensor:
+        if isinstance(scores, dict):
+            return torch.from_numpy(decode_array(scores))
+        if isinstance(scores, np.ndarray):
+            return torch.from_numpy(scores)
+        return torch.tensor(scores)
+
+    return torch.stack([column(result["scores"][task]) for task in tasks]).T
 
 
 def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:

@@ -59,17 +59,22 @@ def test_scores_equal_the_oracle_for_a_batch_of_users(llm, tiny_ranking_model):
         assert error < TOLERANCE
 
 
-def test_binary_scores_offline_equal_the_oracle(llm, tiny_ranking_model):
+def test_binary_and_numpy_scores_offline_equal_the_oracle(llm, tiny_ranking_model):
     rng = random.Random(9)
     requests = [
         {**random_request(rng, candidates=17), "scores_format": "binary"},
         random_request(rng, candidates=4),
+        {**random_request(rng, candidates=9), "scores_format": "numpy"},
     ]
     response = rank(llm, requests)
     tasks = tiny_ranking_model.config.task_names
-    binary, lists = response["results"]
+    binary, lists, arrays = response["results"]
     assert all(set(binary["scores"][t]) == {"dtype", "shape", "data"} for t in tasks)
     assert all(isinstance(lists["scores"][t], list) for t in tasks)
+    for task in tasks:
+        scores = arrays["scores"][task]
+        assert isinstance(scores, np.ndarray)
+        assert scores.dtype == np.float32 and scores.shape == (9,)
     for request, result in zip(requests, response["results"], strict=True):
         expected = oracle_scores(tiny_ranking_model.reference, request)
         assert relative_error(served_scores(result, tasks), expected) < TOLERANCE

@@ -132,3 +132,24 @@ def test_each_pending_request_gets_its_own_scores_formats():
     processor.pre_process(users("lists"), request_id=None)
     assert processor._take_formats(None, 1) == ["lists"]
     assert not processor._formats
+
+
+@pytest.mark.parametrize("history,realtime", [(45, 20), (30, 100), (0, 64), (5, 0)])
+def test_realtime_chunks_end_on_block_multiples_and_cover_the_events(history, realtime):
+    from vllm_mtgr.multimodal.ranking import REALTIME_CHUNK_TOKENS, ranking_items
+
+    request = random_request(random.Random(29), history=history, realtime=realtime)
+    parsed = parse_ranking_request(request, CONFIG)
+    items = ranking_items(parsed)
+    context = parsed.context_end
+    chunks = items[1:] if context else items
+    offsets = [offset for offset, _ in chunks]
+    ends = [offset + len(fields["values"]) for offset, fields in chunks]
+    # Consecutive, from the context's end to the prompt's, none empty.
+    assert offsets == ([context, *ends[:-1]] if realtime else [])
+    assert ends[-1:] == ([context + realtime] if realtime else [])
+    assert all(end % REALTIME_CHUNK_TOKENS == 0 for end in ends[:-1])
+    lengths = [end - lo for lo, end in zip(offsets, ends, strict=True)]
+    assert all(0 < length <= REALTIME_CHUNK_TOKENS for length in lengths)
+    values = [fields["values"] for _, fields in chunks]
+    assert np.concatenate([[], *values]).tolist() == request["realtime"]["items"]

@@ -76,7 +76,12 @@ def _bad(change):
          "one list of 5 numbers"),
         ([], "data", "no ranking request"),
         (_bad(lambda r: r.update(scores_format="csv")), "scores_format",
-         "it takes one of ['lists', 'binary']"),
+         "it takes one of ['lists', 'binary', 'numpy']"),
+        (_bad(lambda r: r.update(scores_format="numpy")), "scores_format",
+         "is for the offline API"),
+        ([random_request(random.Random(16)),
+          _bad(lambda r: r.update(scores_format="numpy"))],
+         "data[1].scores_format", "is for the offline API"),
     ],
 )  # fmt: skip
 def test_bad_request_gets_400_naming_the_field(pool, data, param, message):

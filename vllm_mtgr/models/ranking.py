@@ -226,11 +226,13 @@ class MTGRForRanking(
                 continue
             start = feature.mm_position.offset
             end = start + feature.mm_position.length
-            data = {name: feature.data[name].data.numpy() for name in feature.data}
+            data = feature.data
             for name in ROW_FIELDS:
-                rows[name][start:end] = data[name]
-            if len(data["candidate_items"]):
-                candidates = {name: data[name] for name in CANDIDATE_FIELDS}
+                rows[name][start:end] = data[name].data.numpy()
+            if len(data["candidate_items"].data):
+                candidates = {
+                    name: data[name].data.numpy() for name in CANDIDATE_FIELDS
+                }
         if candidates is None:
             raise ValueError("a ranking request reached the model without candidates")
         encoded = encode_ranking_rows(

@@ -8,8 +8,9 @@ already parsed from it; the processor validates the former, builds the prompt
 * the context (profile + long history), one item, never split: its tokens
   attend to each other both ways, so every cached block of it depends on all
   of it, and its hash (all of its content) enters every one of its blocks;
-* the real-time history, in `REALTIME_CHUNK_TOKENS` chunks (causal, so a
-  returning user's new events reuse the blocks before them).
+* the real-time history, in chunks that end on multiples of
+  `REALTIME_CHUNK_TOKENS` prompt positions (causal, so a returning user's
+  new events reuse the blocks before them).
 
 The candidates are not tokens: they ride as the `CANDIDATE_FIELDS` of the
 last item (empty in the others), outside its hash (see `vllm_mtgr.models.candidates`).
@@ -43,7 +44,6 @@ from vllm_mtgr.requests.ranking import (
     REALTIME,
     RankingRequest,
     parse_ranking_request,
-    token_ids,
 )
 
 MODALITY = "ranking"
@@ -59,10 +59,25 @@ CANDIDATE_FIELDS = (
     "candidate_limits",
 )
 EMBEDDING_FIELDS = ("kind", "values", "actions")
-# Finer than retrieval's event chunks: a real-time history is short (tens of
-# events) and grows by one or two events between requests, so small chunks
-# keep more of it cached, and a request has only a few of them.
-REALTIME_CHUNK_TOKENS = 16
+# Real-time chunks end on multiples of this many prompt positions, the KV
+# block on a GPU (64; blocks of 16 and 32 divide it): a grown real-time
+# history changes only its last chunk, and so only the blocks that chunk
+# overlaps, which are all a 16-token chunk straddling a block would also
+# invalidate. Each chunk costs vLLM's multimodal machinery (hash, batching,
+# per-item fields) the same host time whatever its length: recsys-examples'
+# 128 new events are 2 items per user, not 8 as in 16-token chunks.
+REALTIME_CHUNK_TOKENS = 64
+
+
+def realtime_chunks(context_end: int, count: int) -> list[tuple[int, int]]:
+    """(lo, hi) of each real-time chunk, indices into the `count` real-time
+    events, whose prompt positions (`context_end + lo` on) end on multiples
+    of `REALTIME_CHUNK_TOKENS`, but for the last chunk."""
+    if not count:
+        return []
+    first = REALTIME_CHUNK_TOKENS - context_end % REALTIME_CHUNK_TOKENS
+    bounds = [0, *range(first, count, REALTIME_CHUNK_TOKENS), count]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
 class RankingItems(
@@ -77,10 +92,9 @@ class RankingItems(
         self.request = request
 
     def get_count(self) -> int:
-        realtime = len(self.request.realtime.items)
-        return (1 if self.request.context_end else 0) + -(
-            -realtime // REALTIME_CHUNK_TOKENS
-        )
+        request = self.request
+        chunks = realtime_chunks(request.context_end, len(request.realtime.items))
+        return (1 if request.context_end else 0) + len(chunks)
 
     def get(self, index: int) -> RankingRequest:
         return self.request
@@ -193,8 +207,7 @@ def ranking_items(request: RankingRequest) -> list[tuple[int, dict[str, np.ndarr
             np.repeat(np.array([PROFILE, HISTORY]), [p, len(h.items)]),
             np.arange(context),
         )
-    for lo in range(0, len(r.items), REALTIME_CHUNK_TOKENS):
-        hi = min(lo + REALTIME_CHUNK_TOKENS, len(r.items))
+    for lo, hi in realtime_chunks(context, len(r.items)):
         item(
             EVENTS_ITEM,
             context + lo,
@@ -230,7 +243,6 @@ class RankingMultiModalProcessor(BaseMultiModalProcessor[RankingProcessingInfo])
         parsed = inputs.mm_data_items.get(MODALITY)
         if not isinstance(parsed, RankingItems):
             raise ValueError("a ranking prompt needs multi_modal_data['ranking']")
-        config = self.info.get_hf_config()
         request = parsed.request
         configs = _fields_config()
         kwargs_items, hashes, placeholders = [], [], []
@@ -262,7 +274,7 @@ class RankingMultiModalProcessor(BaseMultiModalProcessor[RankingProcessingInfo])
                 PlaceholderRange(offset=offset, length=len(fields["values"]))
             )
         return compat.mm_input(
-            prompt_token_ids=token_ids(request, config),
+            prompt_token_ids=request.token_ids,
             mm_kwargs=MultiModalKwargsItems({MODALITY: kwargs_items}),
             mm_hashes={MODALITY: hashes},
             mm_placeholders={MODALITY: placeholders},

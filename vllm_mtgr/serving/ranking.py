@@ -12,13 +12,14 @@ Offline: `LLM.encode({"data": ...}, pooling_task="plugin")`. A request:
      "realtime": {"items": [...], "timestamps": [...], "actions": [...]},
      "candidates": {"items": [...], "features": [[...], ...]},
      "request_timestamp": 978310000,
-     "scores_format": "lists"}                  # or "binary"
+     "scores_format": "lists"}                  # or "binary"; offline "numpy"
 
 The response data: {"tasks": [...], "results": [{"scores": {task: [one
 probability per candidate]}, "num_cached_tokens": n}, ...]}, one result per
 request, in order; with `"scores_format": "binary"` each task's scores are a
 typed array `{"dtype": "float32", "shape": [candidates], "data": base64}`
-(`vllm_mtgr.arrays.decode_array` reads it).
+(`vllm_mtgr.arrays.decode_array` reads it); offline, `"numpy"` gives each
+task's scores as a float32 NumPy array.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from vllm_mtgr.arrays import encode_array
+from vllm_mtgr.errors import RequestError
 from vllm_mtgr.multimodal.ranking import MODALITY
 from vllm_mtgr.requests.ranking import (
+    OFFLINE_SCORES_FORMATS,
     RankingRequest,
     parse_ranking_request,
-    token_ids,
 )
 from vllm_mtgr.serving.users import UsersIOProcessor, parse_users
 
@@ -65,6 +67,8 @@ class RankingIOProcessor(UsersIOProcessor):
 
     def pre_process(self, prompt, request_id=None, **kwargs) -> list[dict]:
         formats = [request.scores_format for request in prompt]
+        if request_id is not None:  # online: the response is JSON
+            _refuse_offline_formats(formats)
         if request_id is None:
             # Offline: one call at a time; an earlier call that failed after
             # this point left its entry, which this call replaces.
@@ -77,7 +81,7 @@ class RankingIOProcessor(UsersIOProcessor):
         # as it is instead of validating the raw JSON a second time.
         return [
             {
-                "prompt_token_ids": token_ids(request, self.config),
+                "prompt_token_ids": request.token_ids,
                 "multi_modal_data": {MODALITY: request},
             }
             for request in prompt
@@ -93,6 +97,8 @@ class RankingIOProcessor(UsersIOProcessor):
             by_task = output.outputs.data.T.float()  # [tasks, candidates]
             if scores_format == "binary":
                 scores = [encode_array(row.contiguous()) for row in by_task]
+            elif scores_format == "numpy":
+                scores = list(by_task.contiguous().numpy())
             else:
                 scores = by_task.tolist()
             results.append(
@@ -115,3 +121,14 @@ class RankingIOProcessor(UsersIOProcessor):
             f"ranking request {request_id!r}: its scores formats were not kept "
             f"(at most {PENDING_FORMATS} request ids in flight)"
         )
+
+
+def _refuse_offline_formats(formats: list[str]) -> None:
+    for i, scores_format in enumerate(formats):
+        if scores_format in OFFLINE_SCORES_FORMATS:
+            field = "scores_format" if len(formats) == 1 else f"data[{i}].scores_format"
+            raise RequestError(
+                f"`scores_format` {scores_format!r} is for the offline API "
+                '(`LLM.encode`); over HTTP ask for "binary" or "lists"',
+                field,
+            )
