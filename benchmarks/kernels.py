@@ -53,7 +53,8 @@ from vllm_mtgr.kernels.paged_triton import (  # noqa: E402
 
 HEAD_DIM = 128
 BATCH = 32
-PAGE = 64  # KV block size of these runs (vllm-mtgr serves with 64 on Hopper)
+PAGE = 64  # KV block size of these runs (vllm-mtgr serves retrieval with 64)
+RANKING_PAGE = 256  # and ranking models with 256: correctness only
 DLRMV3 = (1024, 2048)  # history, candidates per user
 
 
@@ -127,9 +128,9 @@ def correctness() -> list[dict]:
     ]  # fmt: skip
     rows = []
     for dtype in (torch.bfloat16, torch.float16):
-        for page in (16, PAGE):
-            if dtype == torch.float16 and page == 16:
-                continue  # fp16 once, at the serving block size
+        for page in (16, PAGE, RANKING_PAGE):
+            if dtype == torch.float16 and page != PAGE:
+                continue  # fp16 once, at the retrieval block size
             for name, seq_lens, query_lens, masks in prefill_cases:
                 seed = random.randrange(2**31)
                 case = make_case(

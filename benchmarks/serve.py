@@ -592,7 +592,8 @@ def peer_server_section(model: Path, work: Workload) -> dict:
         "--served-model-name", "peer", "--port", str(port), "--load-format", "dummy",
         "--dtype", work.dtype, "--max-model-len", str(history + 1),
         "--max-num-batched-tokens", str(work.peer_users * history),
-        "--max-num-seqs", str(work.peer_users), "--block-size", "64" if gpu else "16",
+        "--max-num-seqs", str(work.peer_users),
+        "--block-size", str(ranking_block_size()),
         "--gpu-memory-utilization", str(work.gpu_memory_utilization),
         *([] if gpu else ["--enforce-eager"]),
         *(["--quantization", work.quantization] if work.quantization else []),
@@ -667,6 +668,7 @@ def peer_server_section(model: Path, work: Workload) -> dict:
             "binary_scores_requests_per_s": len(binary_latencies) / sum(binary_walls),
             "binary_scores_p50_ms": 1e3 * _percentile(binary_latencies, 0.5),
             "binary_scores_p99_ms": 1e3 * _percentile(binary_latencies, 0.99),
+            "block_size": ranking_block_size(),
         }
     finally:
         server.terminate()
@@ -676,12 +678,18 @@ def peer_server_section(model: Path, work: Workload) -> dict:
             server.kill()
 
 
+def ranking_block_size() -> int:
+    """The KV block size ranking engines are served with: 256 tokens on a GPU
+    (the README's advice; 64 until 2026-12-03), 16 on the CPU."""
+    return 256 if torch.cuda.is_available() else 16
+
+
 def recsys_engine(model: Path, work: Workload, block_size: int | None = None):
     """The engine of NVIDIA recsys-examples' returning user, and two makers:
     `user()`, a new user's request (a long history of `recsys_cached` tokens,
     `recsys_new` new real-time events, `recsys_candidates` candidates), and
     `earlier(request)`, the same user before the new events. KV blocks of
-    `block_size` tokens (default: 64 on a GPU, 16 on the CPU)."""
+    `block_size` tokens (default: `ranking_block_size()`)."""
     from vllm import LLM
 
     config = json.loads((model / "config.json").read_text())
@@ -690,7 +698,7 @@ def recsys_engine(model: Path, work: Workload, block_size: int | None = None):
     kwargs.update(
         max_num_batched_tokens=work.recsys_users * history,
         max_num_seqs=work.recsys_users,
-        block_size=block_size or (64 if torch.cuda.is_available() else 16),
+        block_size=block_size or ranking_block_size(),
     )
     kwargs.pop("max_logprobs")
     llm = LLM(**kwargs)
@@ -753,6 +761,7 @@ def returning_ranking_section(model: Path, work: Workload) -> dict:
         "returning_ms": returning_ms,
         "cold_over_returning": cold_ms / returning_ms,
         "cached_tokens_per_user": statistics.median(cached),
+        "block_size": llm.llm_engine.vllm_config.cache_config.block_size,
     }
 
 

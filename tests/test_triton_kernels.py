@@ -51,8 +51,9 @@ def _seed() -> int:
     return random.randrange(2**31)
 
 
-# KV block sizes: a key tile spans pages (16), or is one page (64, 128).
-PAGES = [16, 64, 128]
+# KV block sizes: a key tile spans pages (16), is one page (64), or one part
+# of a page (128, and 256 as ranking models are served on a GPU).
+PAGES = [16, 64, 128, 256]
 
 
 # Tiles of 128 rows have no position box (`BOX_ROWS`): every tile reads its
