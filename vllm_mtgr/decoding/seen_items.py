@@ -43,7 +43,15 @@ def refuse_engine_ending_seed(seed: int | None, temperature: float | None) -> No
 
 
 class SeenItemsExclusion(LogitsProcessor):
-    """Sets the logits of each request's history and generated items to -inf."""
+    """Sets the logits of each request's history and generated items to -inf.
+
+    The (row, item) pairs of the batch's histories stay on the device from
+    step to step and are rebuilt only when the batch changes; each step
+    copies only the generated items' pairs, through a reused page-locked buffer.
+    Before, every step rebuilt and copied all of them: 64 users x 1024 events
+    cost ~1 ms of host time per decode step on the H200 (half of it pinning a
+    fresh buffer).
+    """
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
@@ -58,6 +66,12 @@ class SeenItemsExclusion(LogitsProcessor):
         # batch index -> (history item ids, live list of generated ids)
         self.seen: dict[int, tuple[np.ndarray, list[int]]] = {}
         self.minus_inf = torch.tensor(float("-inf"), device=device)
+        # The histories' pairs on the device; None after a batch change.
+        self._history_pairs: torch.Tensor | None = None
+        # One buffer each: a copy never waits for the other's (queued behind
+        # the step's forward).
+        self._history_staging = _Staging(device, is_pin_memory)
+        self._generated_staging = _Staging(device, is_pin_memory)
 
     def is_argmax_invariant(self) -> bool:
         return False
@@ -73,25 +87,63 @@ class SeenItemsExclusion(LogitsProcessor):
         return np.asarray(prompt_ids or [], dtype=np.int64), output_ids
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
-        process_dict_updates(self.seen, batch_update, self._new_state)
+        if process_dict_updates(self.seen, batch_update, self._new_state):
+            self._history_pairs = None
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.seen:
             return logits
-        # Every (row, item) pair of the batch goes to the device in one
-        # asynchronous copy per step: a tensor made from a Python list per
-        # request would copy from pageable memory, which waits for the GPU.
-        items = [
-            np.concatenate((history, generated)) if generated else history
-            for history, generated in self.seen.values()
-        ]
-        counts = [len(row) for row in items]
-        pairs = np.empty((2, sum(counts)), dtype=np.int64)
-        pairs[0] = np.repeat(np.fromiter(self.seen, np.int64, len(counts)), counts)
-        np.concatenate(items, out=pairs[1])
-        host = torch.from_numpy(pairs)
-        if self.pin_memory:
-            host = host.pin_memory()
-        rows, cols = host.to(self.device, non_blocking=True)
-        logits.index_put_((rows, cols), self.minus_inf.to(logits.dtype))
+        if self._history_pairs is None:
+            rows = {row: history for row, (history, _) in self.seen.items()}
+            self._history_pairs = self._history_staging.copy(seen_pairs(rows))
+        generated = {
+            row: np.asarray(items, dtype=np.int64)
+            for row, (_, items) in self.seen.items()
+            if items
+        }
+        minus_inf = self.minus_inf.to(logits.dtype)
+        rows, cols = self._history_pairs
+        logits.index_put_((rows, cols), minus_inf)
+        if generated:
+            rows, cols = self._generated_staging.copy(seen_pairs(generated))
+            logits.index_put_((rows, cols), minus_inf)
         return logits
+
+
+def seen_pairs(items_by_row: dict[int, np.ndarray]) -> np.ndarray:
+    """`[2, N]` int64: each (batch row, item id) pair of the rows' items."""
+    items = list(items_by_row.values())
+    counts = [len(row) for row in items]
+    pairs = np.empty((2, sum(counts)), dtype=np.int64)
+    pairs[0] = np.repeat(np.fromiter(items_by_row, np.int64, len(counts)), counts)
+    np.concatenate(items, out=pairs[1])
+    return pairs
+
+
+class _Staging:
+    """Host-to-device copies through one reused page-locked buffer: from
+    pageable memory a copy waits for the device's queue; pinning a new
+    buffer per copy cost ~0.6 ms (H200 host)."""
+
+    def __init__(self, device: torch.device, pin_memory: bool) -> None:
+        self.device = device
+        self.pin_memory = pin_memory and device.type == "cuda"
+        self.buffer: torch.Tensor | None = None
+        # The last copy out of the buffer, which must end before it is
+        # written again: a step's earlier, unless the engine runs a step
+        # ahead of the device (async scheduling), long done.
+        self.copied: torch.cuda.Event | None = None
+
+    def copy(self, host: np.ndarray) -> torch.Tensor:
+        if not self.pin_memory:
+            return torch.from_numpy(host).to(self.device)
+        if self.buffer is None or self.buffer.numel() < host.size:
+            self.buffer = torch.empty(2 * host.size, dtype=torch.int64, pin_memory=True)
+        elif self.copied is not None:
+            self.copied.synchronize()
+        staged = self.buffer[: host.size].view(host.shape)
+        staged.numpy()[...] = host
+        out = staged.to(self.device, non_blocking=True)
+        self.copied = torch.cuda.Event()
+        self.copied.record()
+        return out
