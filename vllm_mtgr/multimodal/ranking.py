@@ -59,13 +59,14 @@ CANDIDATE_FIELDS = (
     "candidate_limits",
 )
 EMBEDDING_FIELDS = ("kind", "values", "actions")
-# Real-time chunks end on multiples of this many prompt positions, the KV
-# block on a GPU (64; blocks of 16 and 32 divide it): a grown real-time
-# history changes only its last chunk, and so only the blocks that chunk
-# overlaps, which are all a 16-token chunk straddling a block would also
-# invalidate. Each chunk costs vLLM's multimodal machinery (hash, batching,
-# per-item fields) the same host time whatever its length: recsys-examples'
-# 128 new events are 2 items per user, not 8 as in 16-token chunks.
+# Real-time chunks end on multiples of this many prompt positions. A grown
+# real-time history changes only its last chunk, and so only the KV blocks
+# that chunk overlaps: with blocks of 64 or more (ranking is served with 256
+# on a GPU) no more than a 16-token chunk would; with 16-token blocks (the
+# CPU tests) up to 48 more tokens are recomputed. Each chunk costs vLLM's
+# multimodal machinery (hash, batching, per-item fields) the same host time
+# whatever its length: recsys-examples' 128 new events are 2 items per user,
+# not 8 as in 16-token chunks.
 REALTIME_CHUNK_TOKENS = 64
 
 
