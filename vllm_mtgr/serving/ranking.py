@@ -67,13 +67,12 @@ class RankingIOProcessor(UsersIOProcessor):
 
     def pre_process(self, prompt, request_id=None, **kwargs) -> list[dict]:
         formats = [request.scores_format for request in prompt]
-        if request_id is not None:  # online: the response is JSON
-            _refuse_offline_formats(formats)
         if request_id is None:
             # Offline: one call at a time; an earlier call that failed after
             # this point left its entry, which this call replaces.
             self._formats[None] = [formats]
-        else:
+        else:  # online: the response is JSON
+            _refuse_offline_formats(formats)
             self._formats.setdefault(request_id, []).append(formats)
         while len(self._formats) > PENDING_FORMATS:
             self._formats.popitem(last=False)
