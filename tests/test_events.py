@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,12 @@ from vllm_mtgr.layout.positions import (
     encode_position_rows,
 )
 from vllm_mtgr.layout.slots import time_slots, times_from_slots
-from vllm_mtgr.multimodal.events import EVENT_CHUNK_TOKENS, chunk_events
+from vllm_mtgr.multimodal.events import (
+    EVENT_CHUNK_TOKENS,
+    LONG_CHUNK_TOKENS,
+    chunk_bounds,
+    chunk_events,
+)
 from vllm_mtgr.requests.events import EventsError, parse_events
 
 
@@ -33,6 +40,47 @@ def test_chunks_cover_the_history_and_carry_the_next_time():
     assert chunks[0].query_times[-1] == times[EVENT_CHUNK_TOKENS]
     assert chunks[-1].query_times[-1] == 10**6
     assert np.concatenate([c.item_ids for c in chunks]).tolist() == items
+
+
+def test_long_histories_are_cut_at_long_chunks_then_short_ones():
+    long, short = LONG_CHUNK_TOKENS, EVENT_CHUNK_TOKENS
+    n = 2 * long + short + 5
+    assert chunk_bounds(n) == [0, long, 2 * long, 2 * long + short, n]
+    # The last event is never in a long chunk.
+    assert chunk_bounds(2 * long) == [0, *range(long, 2 * long + 1, short)]
+    items = list(range(1, n + 1))
+    chunks = chunk_events(items, parse_events(n, list(range(n))))
+    assert [len(c.item_ids) for c in chunks] == [long, long, short, 5]
+    assert chunks[0].query_times[-1] == long  # the next chunk's first time
+    assert np.concatenate([c.item_ids for c in chunks]).tolist() == items
+
+
+def test_a_grown_history_keeps_its_chunks_before_its_last_one():
+    """Growing n -> m events keeps every chunk of n but the one holding its
+    last event (whose last query time changes): at most a short chunk is
+    recomputed, or a new long chunk and what follows it, where m has one more
+    long chunk than n."""
+    long, short = LONG_CHUNK_TOKENS, EVENT_CHUNK_TOKENS
+    for n in range(1, 3 * long):
+        old = chunk_bounds(n)
+        old_chunks = set(pairwise(old))
+        for m in (n + 1, n + 7, n + short, n + long + 3):
+            new = chunk_bounds(m)
+            assert new[0] == 0 and new[-1] == m
+            assert all(0 < b - a <= long for a, b in pairwise(new))
+            kept = max(
+                (
+                    end
+                    for start, end in pairwise(new)
+                    if end < n and (start, end) in old_chunks
+                ),
+                default=0,
+            )
+            # Every new chunk below `kept` is an old one: a prefix hit.
+            assert all((a, b) in old_chunks for a, b in pairwise(new) if b <= kept)
+            longs = [b - a for a, b in pairwise(new)].count(long)
+            crosses = longs > [b - a for a, b in pairwise(old)].count(long)
+            assert n - kept <= (long + short if crosses else short), (n, m, kept)
 
 
 def test_position_rows_round_trip_for_prompt_and_generated_tokens():

@@ -94,7 +94,7 @@ class HistoryEventsInput(HistoryPromptInput):
     model: MTGRModel
 
     def embed_multimodal(self, **kwargs: object) -> Sequence[torch.Tensor]:
-        # Events arrive in chunks of EVENT_CHUNK_TOKENS: embed all chunks at
+        # Events arrive in chunks (`chunk_bounds`): embed all chunks at
         # once (a few kernels per batch, not per chunk), return per-chunk views.
         item_ids = as_tensor_list(kwargs["item_ids"])
         actions = as_tensor_list(kwargs["actions"])

@@ -15,9 +15,10 @@ Why this shape (the choice docs/DESIGN.md section 4 asks for):
 * M-RoPE-style position rows reach `forward` for every token, prefill and
   decode (decode rows are `position + delta`, one delta per request).
 
-So: the history is split into "events" chunks of `EVENT_CHUNK_TOKENS` tokens
-(a grown history then changes only its last chunk, and the blocks before it
-stay cached), and each token's position row (`vllm_mtgr.layout.positions`)
+So: the history is split into "events" chunks (`chunk_bounds`: long chunks up
+to its last multiple of `LONG_CHUNK_TOKENS`, short ones after; a grown history
+then changes only its last chunks, and the blocks before them stay cached),
+and each token's position row (`vllm_mtgr.layout.positions`)
 packs `time << POSITION_BITS | position`. With
 `delta = request_time << POSITION_BITS`, generated tokens decode
 to key and query time = request time, with no per-step help from the
@@ -40,6 +41,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -65,12 +67,38 @@ from vllm_mtgr.requests.events import Events, EventsError, parse_events
 from vllm_mtgr.requests.validation import check_history
 
 MODALITY = "events"
-# Each chunk costs vLLM's multimodal machinery (hashing, scheduling, encoder
-# cache) the same host time, whatever its length: a 1040-event history is 17
-# chunks, not 65 (host time per request, attention stubbed, on CPU: 10-11 ms
-# -> 7.6-7.8 ms). A grown history recomputes at most one chunk, so 64 tokens
-# is still cheap to redo.
+# Each chunk costs vLLM's multimodal machinery (hashing, scheduling, the
+# encoder batching) about the same host time whatever its length: ~126 us in
+# the model runner alone on the H200 (2026-12-03: 1,088 chunks of 64 events,
+# 137 ms). So a history is cut into long chunks of LONG_CHUNK_TOKENS, and its
+# last EVENT_CHUNK_TOKENS to 319 events into short chunks of that many: 1040
+# events are 8 chunks, not 17. The chunk that holds the last event changes
+# with the next request (that event's query time is the request's time), so
+# a long chunk never holds it: a grown history recomputes from the start of
+# that short chunk, as with short chunks only, but for the one request in
+# which its long chunks grow by one: that one recomputes the new long chunk.
 EVENT_CHUNK_TOKENS = 64
+LONG_CHUNK_TOKENS = 256
+
+
+def chunk_bounds(num_events: int) -> list[int]:
+    """Start of every chunk of a history of `num_events` events, then its end."""
+    short_tail = max(num_events - EVENT_CHUNK_TOKENS, 0)
+    whole = short_tail - short_tail % LONG_CHUNK_TOKENS
+    return [
+        *range(0, whole, LONG_CHUNK_TOKENS),
+        *range(whole, num_events, EVENT_CHUNK_TOKENS),
+        num_events,
+    ]
+
+
+def chunk_count(num_events: int) -> int:
+    return len(chunk_bounds(num_events)) - 1
+
+
+def max_chunk_tokens(max_len: int) -> int:
+    """The longest chunk of any history of at most `max_len` events."""
+    return LONG_CHUNK_TOKENS if max_len >= LONG_CHUNK_TOKENS else EVENT_CHUNK_TOKENS
 
 
 @dataclass(frozen=True)
@@ -93,7 +121,7 @@ class EventChunk:
 
 
 def chunk_events(item_ids: Sequence[int], events: Events) -> list[EventChunk]:
-    """Split a history into "events" items of `EVENT_CHUNK_TOKENS` tokens."""
+    """Split a history into its "events" items (`chunk_bounds`)."""
     ids = np.asarray(item_ids, dtype=np.int64)
     key_times = np.asarray(events.timestamps, dtype=np.int64)
     query_times = np.asarray(events.query_times, dtype=np.int64)
@@ -102,15 +130,16 @@ def chunk_events(item_ids: Sequence[int], events: Events) -> list[EventChunk]:
         if events.actions is not None
         else np.zeros(len(ids), dtype=np.int64)
     )
+    bounds = chunk_bounds(len(ids))
     return [
         EventChunk(
             offset=start,
-            item_ids=ids[start : start + EVENT_CHUNK_TOKENS],
-            key_times=key_times[start : start + EVENT_CHUNK_TOKENS],
-            query_times=query_times[start : start + EVENT_CHUNK_TOKENS],
-            actions=actions[start : start + EVENT_CHUNK_TOKENS],
+            item_ids=ids[start:end],
+            key_times=key_times[start:end],
+            query_times=query_times[start:end],
+            actions=actions[start:end],
         )
-        for start in range(0, len(ids), EVENT_CHUNK_TOKENS)
+        for start, end in pairwise(bounds)
     ]
 
 
@@ -157,7 +186,7 @@ class EventsItems(ModalityDataItems[Mapping[str, object], Mapping[str, object]])
         return len(self.events.timestamps)
 
     def get_count(self) -> int:
-        return -(-self.num_events // EVENT_CHUNK_TOKENS)
+        return chunk_count(self.num_events)
 
     def get(self, index: int) -> Mapping[str, object]:
         return {"events": self.events, "chunk": index}
@@ -193,21 +222,25 @@ class EventsProcessingInfo(BaseProcessingInfo):
     def get_mm_max_tokens_per_item(
         self, seq_len: int, mm_counts: Mapping[str, int]
     ) -> Mapping[str, int]:
-        return {MODALITY: EVENT_CHUNK_TOKENS}
+        return {MODALITY: max_chunk_tokens(seq_len)}
 
 
 class EventsDummyInputsBuilder(BaseDummyInputsBuilder[EventsProcessingInfo]):
-    """Profiling inputs: `count` full chunks of token 1 at time 0."""
+    """Profiling inputs: `count` longest chunks of token 1 at time 0."""
+
+    def _dummy_events(self, mm_counts: Mapping[str, int]) -> int:
+        longest = max_chunk_tokens(self.info.ctx.model_config.max_model_len)
+        return mm_counts.get(MODALITY, 0) * longest
 
     def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
-        count = mm_counts.get(MODALITY, 0) * EVENT_CHUNK_TOKENS
+        count = self._dummy_events(mm_counts)
         # Token 1 by the tokenizer's name for it: `item_1`, or a semantic-ID
         # model's first code token when it is served as a causal LM.
         name = self.info.get_tokenizer().convert_ids_to_tokens(1)
         return " ".join([name] * count)
 
     def get_dummy_mm_data(self, seq_len: int, mm_counts: Mapping[str, int], *_args):
-        count = mm_counts.get(MODALITY, 0) * EVENT_CHUNK_TOKENS
+        count = self._dummy_events(mm_counts)
         if count == 0:
             return {}
         return {MODALITY: {"timestamps": [0] * count}}

@@ -22,9 +22,9 @@ from vllm.multimodal.processing import (
 
 from vllm_mtgr.layout.code_trie import CodeTokens
 from vllm_mtgr.multimodal.events import (
-    EVENT_CHUNK_TOKENS,
     MODALITY,
     EventsProcessingInfo,
+    chunk_count,
     chunk_events,
     chunked_input,
     fields_config,
@@ -47,7 +47,7 @@ class SemanticItems(ModalityDataItems[object, SemanticRequest]):
         self.levels = levels
 
     def get_count(self) -> int:
-        return -(-len(self.request.history.items) * self.levels // EVENT_CHUNK_TOKENS)
+        return chunk_count(len(self.request.history.items) * self.levels)
 
     def get(self, index: int) -> SemanticRequest:
         return self.request
