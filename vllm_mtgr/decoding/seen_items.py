@@ -17,6 +17,7 @@ from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 from vllm_mtgr import compat
 from vllm_mtgr.errors import RequestError
 from vllm_mtgr.requests.validation import EXCLUDE_SEEN, parse_exclude_seen
+from vllm_mtgr.transfer import PinnedStaging
 
 
 def exclude_seen_requested(params: SamplingParams) -> bool:
@@ -47,10 +48,9 @@ class SeenItemsExclusion(LogitsProcessor):
 
     The (row, item) pairs of the batch's histories stay on the device from
     step to step and are rebuilt only when the batch changes; each step
-    copies only the generated items' pairs, through a reused page-locked buffer.
-    Before, every step rebuilt and copied all of them: 64 users x 1024 events
-    cost ~1 ms of host time per decode step on the H200 (half of it pinning a
-    fresh buffer).
+    copies only the generated items' pairs (`PinnedStaging`). Before, every
+    step rebuilt and copied all of them: 64 users x 1024 events cost ~1 ms of
+    host time per decode step on the H200 (half of it pinning a fresh buffer).
     """
 
     @classmethod
@@ -62,16 +62,14 @@ class SeenItemsExclusion(LogitsProcessor):
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
         self.device = device
-        self.pin_memory = is_pin_memory
         # batch index -> (history item ids, live list of generated ids)
         self.seen: dict[int, tuple[np.ndarray, list[int]]] = {}
         self.minus_inf = torch.tensor(float("-inf"), device=device)
         # The histories' pairs on the device; None after a batch change.
         self._history_pairs: torch.Tensor | None = None
-        # One buffer each: a copy never waits for the other's (queued behind
-        # the step's forward).
-        self._history_staging = _Staging(device, is_pin_memory)
-        self._generated_staging = _Staging(device, is_pin_memory)
+        # One buffer each: a copy never waits for the other's.
+        self._history_staging = PinnedStaging(device, is_pin_memory)
+        self._generated_staging = PinnedStaging(device, is_pin_memory)
 
     def is_argmax_invariant(self) -> bool:
         return False
@@ -118,32 +116,3 @@ def seen_pairs(items_by_row: dict[int, np.ndarray]) -> np.ndarray:
     pairs[0] = np.repeat(np.fromiter(items_by_row, np.int64, len(counts)), counts)
     np.concatenate(items, out=pairs[1])
     return pairs
-
-
-class _Staging:
-    """Host-to-device copies through one reused page-locked buffer: from
-    pageable memory a copy waits for the device's queue; pinning a new
-    buffer per copy cost ~0.6 ms (H200 host)."""
-
-    def __init__(self, device: torch.device, pin_memory: bool) -> None:
-        self.device = device
-        self.pin_memory = pin_memory and device.type == "cuda"
-        self.buffer: torch.Tensor | None = None
-        # The last copy out of the buffer, which must end before it is
-        # written again: a step's earlier, unless the engine runs a step
-        # ahead of the device (async scheduling), long done.
-        self.copied: torch.cuda.Event | None = None
-
-    def copy(self, host: np.ndarray) -> torch.Tensor:
-        if not self.pin_memory:
-            return torch.from_numpy(host).to(self.device)
-        if self.buffer is None or self.buffer.numel() < host.size:
-            self.buffer = torch.empty(2 * host.size, dtype=torch.int64, pin_memory=True)
-        elif self.copied is not None:
-            self.copied.synchronize()
-        staged = self.buffer[: host.size].view(host.shape)
-        staged.numpy()[...] = host
-        out = staged.to(self.device, non_blocking=True)
-        self.copied = torch.cuda.Event()
-        self.copied.record()
-        return out
