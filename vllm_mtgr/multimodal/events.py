@@ -124,7 +124,8 @@ def chunk_events(item_ids: Sequence[int], events: Events) -> list[EventChunk]:
     """Split a history into its "events" items (`chunk_bounds`)."""
     ids = np.asarray(item_ids, dtype=np.int64)
     key_times = np.asarray(events.timestamps, dtype=np.int64)
-    query_times = np.asarray(events.query_times, dtype=np.int64)
+    # `events.query_times`, without building and converting a second tuple.
+    query_times = np.append(key_times[1:], np.int64(events.request_timestamp))
     actions = (
         np.asarray(events.actions, dtype=np.int64)
         if events.actions is not None
