@@ -45,6 +45,10 @@ class HSTUAttentionParams:
     max_len: int
     normalizer: float
     time_bucket_divisor: float
+    # Whether queries may carry key limits (MTGR ranking masks). Without, every
+    # query's limit is 0 (causal) and the GPU prefill kernel is compiled for
+    # causal rows only (`paged_triton._prefill_kernel`).
+    key_limits: bool = True
 
     @property
     def cache_head_size(self) -> int:

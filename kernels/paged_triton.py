@@ -398,11 +398,12 @@ def _prefill_kernel(
     inv_normalizer, DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr,
     BLOCK_DV: tl.constexpr, HS: tl.constexpr, PAGE: tl.constexpr,
     NUM_BUCKETS: tl.constexpr, PRECISION: tl.constexpr, FAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KEY_LIMITS: tl.constexpr,
 ):  # fmt: skip
     """One tile of BLOCK_M query rows of one request and head. With a
     Toeplitz box (`BIAS_BOX`, Hopper), tiles without candidates take their
-    position bias from it."""
+    position bias from it. Not KEY_LIMITS: every row is causal (its limit
+    slots are not read)."""
     head = tl.program_id(1)
     req, q_start, q_len, local = _tile(QUERY_START, tl.program_id(0), num_reqs,
                                        BLOCK_M)  # fmt: skip
@@ -420,7 +421,10 @@ def _prefill_kernel(
                 mask=m_ok[:, None] & (d_qk[None, :] < DQK), other=0.0)  # fmt: skip
     q = q * 0.5  # exact; the scores come out halved (`_silu_half`)
     high_q, low_q = _row_times(q_rows + DQK, m_ok)
-    limit_q = _row_limits(q_rows + DQK + 4, m_ok)
+    if KEY_LIMITS:
+        limit_q = _row_limits(q_rows + DQK + 4, m_ok)
+    else:
+        limit_q = tl.zeros_like(pos_q)
     # Keys j < row_end are visible (i + 1 when causal, else the key limit).
     row_end = tl.where(limit_q == 0, pos_q + 1, limit_q)
     logical = tl.where(m_ok, _logical_position(pos_q, limit_q), 0)
@@ -436,9 +440,14 @@ def _prefill_kernel(
     own_bias = tl.load(POSITION_COPIES + max_len - 1)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     # Rows at consecutive positions (no candidate among them): their bias
-    # against a key block is one box of the position box table.
+    # against a key block is one box of the position box table. Causal rows
+    # always are: without key limits only that path is compiled, and the
+    # kernel hardly spills (ptxas for sm_90, Triton 3.6, 64 x 64 tiles, 3
+    # stages: a 976-byte stack with both paths, 8 bytes with this one).
     if BIAS_BOX is None:  # no box (not Hopper): every tile reads rows' runs
         consecutive: tl.constexpr = False
+    elif not KEY_LIMITS:
+        consecutive: tl.constexpr = True
     else:
         consecutive = tl.sum(tl.where(m_ok & (logical != pos_q), 1, 0), axis=0) == 0
     if consecutive:
@@ -866,8 +875,8 @@ def hstu_attention_triton(
         *_cache_boxes(kv_cache, common, block_n), ts_w, query.stride(0),
         query.stride(1), *kv_strides, output.stride(0), output.stride(1),
         block_table.stride(0), copies.stride(0), num_reqs,
-        *scalars, BLOCK_M=block_m, BLOCK_N=block_n, **common, num_warps=warps,
-        num_stages=stages,
+        *scalars, BLOCK_M=block_m, BLOCK_N=block_n, KEY_LIMITS=params.key_limits,
+        **common, num_warps=warps, num_stages=stages,
     )  # fmt: skip
 
 

@@ -130,10 +130,11 @@ def make_case(
     generator: torch.Generator | None = None,
     device: str = "cpu",
     with_expected: bool = True,
+    key_limits: bool = True,
 ) -> AttentionCase:
     g = generator or torch.Generator().manual_seed(0)
     max_len = max(max_len, max(seq_lens))
-    params = HSTUAttentionParams(dqk, dv, max_len, float(max_len), 0.301)
+    params = HSTUAttentionParams(dqk, dv, max_len, float(max_len), 0.301, key_limits)
     hs = params.cache_head_size
 
     def randn(*shape):

@@ -40,6 +40,8 @@ def _attention_params(config: MTGRConfig) -> HSTUAttentionParams:
         max_len=config.max_position_embeddings,
         normalizer=float(config.attention_normalizer),
         time_bucket_divisor=config.time_bucket_divisor,
+        # Only ranking histories carry key limits (MTGR's masks).
+        key_limits=config.is_ranking,
     )
 
 
