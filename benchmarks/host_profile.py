@@ -190,17 +190,18 @@ def peer(tmp: Path, serve, work, block_size: int | None) -> tuple[str, dict]:
 
 
 def returning(tmp: Path, serve, work, block_size: int | None) -> tuple[str, dict]:
-    """One retrieval request of 1024 + 16 events: cold, and with 1024 cached."""
+    """Retrieval requests of 1024 + 16 events: cold, and with 1024 cached;
+    one request, then `work.load_users` at once (serve.py's "at load" row)."""
     from vllm import LLM
 
     model = serve.write_mtgr(work.retrieval_preset, tmp / "mtgr", work.dtype)
     total = work.history + work.new_events
-    # One request at a time: few sequences keep the sampler's warm-up logits
-    # ([seqs, 3.57 M items] in fp32, several copies) small. With serve.py's
-    # 256, this in-process engine found no memory left for its KV cache.
+    # Few sequences keep the sampler's warm-up logits ([seqs, 3.57 M items]
+    # in fp32, several copies) small. With serve.py's 256, this in-process
+    # engine found no memory left for its KV cache.
     llm = LLM(
         **serve.engine_kwargs(model, work, total + 8),
-        max_num_seqs=8,
+        max_num_seqs=max(8, work.load_users),
         block_size=block_size,
     )
     config = json.loads((model / "config.json").read_text())
@@ -225,12 +226,38 @@ def returning(tmp: Path, serve, work, block_size: int | None) -> tuple[str, dict
         (output,) = llm.generate(prompts.pop(), params, use_tqdm=False)
         cached.append(output.num_cached_tokens)
 
+    users = work.load_users
+    batch: list[dict] = []
+
+    def new_users() -> None:
+        batch[:] = [histories.prompt(*histories.user(total)) for _ in range(users)]
+
+    def cache_histories() -> None:
+        batch.clear()
+        firsts = []
+        for _ in range(users):
+            items, times = histories.user(total)
+            firsts.append(
+                histories.prompt(items[: work.history], times[: work.history])
+            )
+            batch.append(histories.prompt(items, times))
+        llm.generate(firsts, params, use_tqdm=False)
+
+    def at_once() -> None:
+        llm.generate(batch, params, use_tqdm=False)
+
     new_user()
     cold()  # warm-up
     results = {
         f"cold, {total} events": profile_calls(cold, REPEATS, setup=new_user),
         f"returning, {work.history} cached + {work.new_events} new": profile_calls(
             returning_user, REPEATS, setup=cache_history
+        ),
+        f"{users} users at once, cold": profile_calls(
+            at_once, REPEATS, setup=new_users
+        ),
+        f"{users} users at once, returning": profile_calls(
+            at_once, REPEATS, setup=cache_histories
         ),
     }
     title = (
