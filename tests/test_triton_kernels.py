@@ -61,11 +61,7 @@ PAGES = [16, 64, 128, 256]
 TILES = {"default": None, "rows_runs": (128, 64, 8, 2)}
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: f"page{p}")
-@pytest.mark.parametrize("name", sorted(CASES))
-@pytest.mark.parametrize("tile", sorted(TILES))
-def test_prefill_kernel(name, page, dtype, tile):
+def _check_prefill(name: str, page: int, dtype, key_limits: bool = True, **run) -> None:
     seq_lens, query_lens, contexts, candidates = CASES[name]
     seed = _seed()
     case = make_case(
@@ -77,10 +73,19 @@ def test_prefill_kernel(name, page, dtype, tile):
         dtype=dtype,
         device=DEVICE,
         generator=torch.Generator().manual_seed(seed),
+        key_limits=key_limits,
     )
-    got = case.run(hstu_attention_triton, max(query_lens), prefill_config=TILES[tile])
+    got = case.run(hstu_attention_triton, max(query_lens), **run)
     assert not got.isnan().any(), f"seed {seed}: unwritten output"
     assert relative_error(got, case.expected) < TOLERANCE[dtype], f"seed {seed}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: f"page{p}")
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("tile", sorted(TILES))
+def test_prefill_kernel(name, page, dtype, tile):
+    _check_prefill(name, page, dtype, prefill_config=TILES[tile])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -89,20 +94,7 @@ def test_prefill_kernel(name, page, dtype, tile):
 def test_prefill_kernel_for_causal_models(name, page, dtype):
     """Models without key limits (retrieval, semantic IDs) take the prefill
     kernel compiled for causal rows only."""
-    seq_lens, query_lens, _, _ = CASES[name]
-    seed = _seed()
-    case = make_case(
-        seq_lens,
-        query_lens,
-        block_size=page,
-        dtype=dtype,
-        device=DEVICE,
-        generator=torch.Generator().manual_seed(seed),
-        key_limits=False,
-    )
-    got = case.run(hstu_attention_triton, max(query_lens))
-    assert not got.isnan().any(), f"seed {seed}: unwritten output"
-    assert relative_error(got, case.expected) < TOLERANCE[dtype], f"seed {seed}"
+    _check_prefill(name, page, dtype, key_limits=False)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
