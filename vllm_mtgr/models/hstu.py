@@ -191,12 +191,21 @@ class HSTUBlock(nn.Module):
         h, dv = self.heads, self.dv
         if self.output_norm is not None:
             gated = self.output_norm(attention[..., :dv], groups, u, silu_gate)
-        elif self.tp_size == 1:
+        elif self.tp_size == 1 and not torch.compiler.is_compiling():
+            # Eager callers (the poolers' candidates and beams): one kernel.
             gated = gated_layer_norm(attention, dv, u, self.eps, silu_gate=silu_gate)
         else:
+            # Compiled (the models' forward): inductor fuses these into one
+            # kernel it launches itself, where a custom op would be an opaque
+            # call with the dispatcher's and Triton's host costs on every
+            # uncaptured step.
             values = attention[..., :dv].reshape(-1, h * dv)
             gate = F.silu(u) if silu_gate else u
-            gated = gate * _layer_norm(values, self.eps, self.tp_size)
+            if self.tp_size == 1:
+                normed = F.layer_norm(values, values.shape[-1:], eps=self.eps)
+            else:
+                normed = _layer_norm(values, self.eps, self.tp_size)
+            gated = gate * normed
         out, _ = self.o_proj(gated)
         return x + out
 
