@@ -34,3 +34,21 @@ def test_each_copy_keeps_its_values_while_the_buffer_is_reused(device):
         assert copied.device.type == device
         assert copied.dtype == torch.int64
         assert np.array_equal(copied.cpu().numpy(), expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_event_embeddings_merge_the_same_through_staged_rows(device):
+    from vllm_mtgr.multimodal.events import merge_event_embeddings
+
+    g = torch.Generator().manual_seed(1)
+    tokens, width = 300, 8
+    embeds = torch.randn(tokens, width, generator=g).to(device)
+    # vLLM's mask, on the host (page-locked on a GPU machine).
+    mask = torch.rand(tokens, generator=g) < 0.4
+    counts = [int(mask[:100].sum()), int(mask[100:].sum())]
+    items = [torch.randn(n, width, generator=g).to(device) for n in counts]
+    expected = merge_event_embeddings(embeds.clone(), items, mask)
+    staging = PinnedStaging(torch.device(device))
+    got = merge_event_embeddings(embeds.clone(), items, mask, staging)
+    assert torch.equal(got, expected)
+    assert not torch.equal(got, embeds)  # the items did replace some rows

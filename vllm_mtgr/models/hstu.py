@@ -30,6 +30,7 @@ from vllm_mtgr.attention import HSTUAttention
 from vllm_mtgr.config import MTGRConfig
 from vllm_mtgr.kernels import HSTUAttentionParams, gated_layer_norm
 from vllm_mtgr.multimodal.events import merge_event_embeddings
+from vllm_mtgr.transfer import PinnedStaging
 from vllm_mtgr.weight_files import check_weight_files
 
 
@@ -284,6 +285,7 @@ class HistoryPromptInput:
     that item's embeddings. Subclasses add `embed_multimodal`."""
 
     model: nn.Module
+    _rows_staging: PinnedStaging | None = None  # made on the first call
 
     def get_language_model(self) -> nn.Module:
         return self.model
@@ -302,7 +304,11 @@ class HistoryPromptInput:
         **_kwargs: object,
     ) -> torch.Tensor:
         embeds = self.model.embed_input_ids(input_ids)
-        return merge_event_embeddings(embeds, multimodal_embeddings, is_multimodal)
+        if self._rows_staging is None:
+            self._rows_staging = PinnedStaging(embeds.device)
+        return merge_event_embeddings(
+            embeds, multimodal_embeddings, is_multimodal, self._rows_staging
+        )
 
 
 class PoolerStepInput:

@@ -65,6 +65,7 @@ from vllm.multimodal.processing import (
 from vllm_mtgr import compat
 from vllm_mtgr.requests.events import Events, EventsError, parse_events
 from vllm_mtgr.requests.validation import check_history
+from vllm_mtgr.transfer import PinnedStaging
 
 MODALITY = "events"
 # Each chunk costs vLLM's multimodal machinery (hashing, scheduling, the
@@ -377,11 +378,21 @@ def merge_event_embeddings(
     embeds: torch.Tensor,
     multimodal_embeddings: Sequence[torch.Tensor] | None,
     is_multimodal: torch.Tensor | None,
+    staging: PinnedStaging | None = None,
 ) -> torch.Tensor:
-    """Write the per-item embeddings over the token embeddings they replace."""
+    """Write the per-item embeddings over the token embeddings they replace.
+
+    vLLM hands `is_multimodal` on the host. With `staging`, its rows reach the
+    device without blocking (`vllm_mtgr.transfer`): a boolean mask copied to
+    the device and indexed there makes the host wait twice, for the copy and
+    for the mask's count.
+    """
     if multimodal_embeddings is not None and len(multimodal_embeddings) > 0:
         assert is_multimodal is not None
-        embeds[is_multimodal.to(embeds.device)] = torch.cat(
-            list(multimodal_embeddings)
-        ).to(embeds.dtype)
+        values = torch.cat(list(multimodal_embeddings)).to(embeds.dtype)
+        if staging is not None and is_multimodal.device.type == "cpu":
+            rows = staging.copy(np.flatnonzero(is_multimodal.numpy()))
+            embeds.index_copy_(0, rows, values)
+        else:
+            embeds[is_multimodal.to(embeds.device)] = values
     return embeds
