@@ -91,10 +91,12 @@ def test_prefill_kernel(name, page, dtype, tile):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("page", [16, 64], ids=lambda p: f"page{p}")
 @pytest.mark.parametrize("name", sorted(n for n, c in CASES.items() if c[2] is None))
-def test_prefill_kernel_for_causal_models(name, page, dtype):
+@pytest.mark.parametrize("tile", sorted(TILES))
+def test_prefill_kernel_for_causal_models(name, page, dtype, tile):
     """Models without key limits (retrieval, semantic IDs) take the prefill
-    kernel compiled for causal rows only."""
-    _check_prefill(name, page, dtype, key_limits=False)
+    kernel compiled for causal rows only (with the position box, and without
+    it, as on GPUs before Hopper)."""
+    _check_prefill(name, page, dtype, key_limits=False, prefill_config=TILES[tile])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
