@@ -277,11 +277,14 @@ async def retrieval_section(
                      f"warm-{next(ids)}")
             for n in (work.prefill_length, work.history, work.history)
         ])  # fmt: skip
+        start = time.perf_counter()
         await asyncio.gather(*[
             _request(engine, histories.prompt(*histories.user(work.history)),
                      decode_params(work), f"warm-{next(ids)}")
             for _ in range(2)
         ])  # fmt: skip
+        # What a server's first multi-step requests after its start cost.
+        result["first_decode_ms"] = 1e3 * (time.perf_counter() - start)
 
         prompts = [
             histories.prompt(*histories.user(work.prefill_length))
@@ -890,6 +893,7 @@ def run(work: Workload, models: dict, skip: list[str]) -> tuple[list[str], dict]
                 "at load: returning req/s": r["returning_load"]["returning_per_s"],
                 "cold req/s": r["returning_load"]["cold_per_s"],
                 "cost returning / cold": r["returning_load"]["cost_ratio"],
+                "first decode ms": r["first_decode_ms"],
             }
             for m, r in results.items()
         ]
