@@ -15,11 +15,11 @@ Why this shape (the choice docs/DESIGN.md section 4 asks for):
 * M-RoPE-style position rows reach `forward` for every token, prefill and
   decode (decode rows are `position + delta`, one delta per request).
 
-So: the history is split into "events" chunks (`chunk_bounds`: long chunks up
-to its last multiple of `LONG_CHUNK_TOKENS`, short ones after; a grown history
-then changes only its last chunks, and the blocks before them stay cached),
-and each token's position row (`vllm_mtgr.layout.positions`)
-packs `time << POSITION_BITS | position`. With
+So: the history is split into "events" chunks (`chunk_bounds`: long chunks,
+then short ones for its last 64 to 319 events; a grown history then changes
+only its last chunks, and the blocks before them stay cached), and each
+token's position row (`vllm_mtgr.layout.positions`) packs
+`time << POSITION_BITS | position`. With
 `delta = request_time << POSITION_BITS`, generated tokens decode
 to key and query time = request time, with no per-step help from the
 scheduler. Key times of cached tokens are read back from the KV pages, where
