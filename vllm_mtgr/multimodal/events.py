@@ -63,7 +63,12 @@ from vllm.multimodal.processing import (
 )
 
 from vllm_mtgr import compat
-from vllm_mtgr.requests.events import Events, EventsError, parse_events
+from vllm_mtgr.requests.events import (
+    Events,
+    EventsError,
+    next_event_times,
+    parse_events,
+)
 from vllm_mtgr.requests.validation import check_history
 from vllm_mtgr.transfer import PinnedStaging
 
@@ -125,8 +130,7 @@ def chunk_events(item_ids: Sequence[int], events: Events) -> list[EventChunk]:
     """Split a history into its "events" items (`chunk_bounds`)."""
     ids = np.asarray(item_ids, dtype=np.int64)
     key_times = np.asarray(events.timestamps, dtype=np.int64)
-    # `events.query_times`, without building and converting a second tuple.
-    query_times = np.append(key_times[1:], np.int64(events.request_timestamp))
+    next_times = next_event_times(key_times, events.request_timestamp)
     actions = (
         np.asarray(events.actions, dtype=np.int64)
         if events.actions is not None
@@ -138,7 +142,7 @@ def chunk_events(item_ids: Sequence[int], events: Events) -> list[EventChunk]:
             offset=start,
             item_ids=ids[start:end],
             key_times=key_times[start:end],
-            query_times=query_times[start:end],
+            query_times=next_times[start:end],
             actions=actions[start:end],
         )
         for start, end in pairwise(bounds)

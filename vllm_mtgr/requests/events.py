@@ -24,10 +24,11 @@ class Events:
     request_timestamp: int
     actions: tuple[int, ...] | None = None
 
-    @property
-    def query_times(self) -> tuple[int, ...]:
-        """`ts[i + 1]` for each event; the request time for the last one."""
-        return self.timestamps[1:] + (self.request_timestamp,)
+
+def next_event_times(key_times: np.ndarray, request_timestamp: int) -> np.ndarray:
+    """Each event's query time, from the events' times (int64): `ts[i + 1]`;
+    the request's time for the last one."""
+    return np.append(key_times[1:], np.int64(request_timestamp))
 
 
 def _as_int_list(name: str, values: object) -> list[int]:
