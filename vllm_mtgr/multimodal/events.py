@@ -382,21 +382,18 @@ def merge_event_embeddings(
     embeds: torch.Tensor,
     multimodal_embeddings: Sequence[torch.Tensor] | None,
     is_multimodal: torch.Tensor | None,
-    staging: PinnedStaging | None = None,
+    staging: PinnedStaging,
 ) -> torch.Tensor:
     """Write the per-item embeddings over the token embeddings they replace.
 
-    vLLM hands `is_multimodal` on the host. With `staging`, its rows reach the
-    device without blocking (`vllm_mtgr.transfer`): a boolean mask copied to
-    the device and indexed there makes the host wait twice, for the copy and
+    vLLM hands `is_multimodal` on the host: its rows reach the device through
+    `staging`, without blocking (`vllm_mtgr.transfer`); the mask copied to
+    the device and indexed there made the host wait twice, for the copy and
     for the mask's count.
     """
     if multimodal_embeddings is not None and len(multimodal_embeddings) > 0:
         assert is_multimodal is not None
         values = torch.cat(list(multimodal_embeddings)).to(embeds.dtype)
-        if staging is not None and is_multimodal.device.type == "cpu":
-            rows = staging.copy(np.flatnonzero(is_multimodal.numpy()))
-            embeds.index_copy_(0, rows, values)
-        else:
-            embeds[is_multimodal.to(embeds.device)] = values
+        rows = staging.copy(np.flatnonzero(is_multimodal.cpu().numpy()))
+        embeds.index_copy_(0, rows, values)
     return embeds
