@@ -207,61 +207,52 @@ def returning(tmp: Path, serve, work, block_size: int | None) -> tuple[str, dict
     config = json.loads((model / "config.json").read_text())
     histories = serve.Histories(True, config["num_items"], random.Random(4))
     params = serve.scoring_step(work)
-    prompts: list[dict] = []
+    batch: list[dict] = []
     cached: list[int] = []
 
-    def new_user() -> None:
-        prompts.append(histories.prompt(*histories.user(total)))
+    def new_users(count: int) -> Callable[[], None]:
+        def setup() -> None:
+            batch[:] = [histories.prompt(*histories.user(total)) for _ in range(count)]
 
-    def cold() -> None:
-        llm.generate(prompts.pop(), params, use_tqdm=False)
+        return setup
 
-    def cache_history() -> None:
-        items, times = histories.user(total)
-        first = histories.prompt(items[: work.history], times[: work.history])
-        llm.generate(first, params, use_tqdm=False)
-        prompts.append(histories.prompt(items, times))
+    def cache_histories(count: int) -> Callable[[], None]:
+        """Each of `count` users' first `work.history` events served, unmeasured;
+        then the whole history is the batch."""
 
-    def returning_user() -> None:
-        (output,) = llm.generate(prompts.pop(), params, use_tqdm=False)
-        cached.append(output.num_cached_tokens)
+        def setup() -> None:
+            users = [histories.user(total) for _ in range(count)]
+            firsts = [
+                histories.prompt(i[: work.history], t[: work.history]) for i, t in users
+            ]
+            llm.generate(firsts, params, use_tqdm=False)
+            batch[:] = [histories.prompt(*user) for user in users]
+
+        return setup
+
+    def serve_batch() -> None:
+        outputs = llm.generate(batch, params, use_tqdm=False)
+        cached.extend(output.num_cached_tokens for output in outputs)
 
     users = work.load_users
-    batch: list[dict] = []
-
-    def new_users() -> None:
-        batch[:] = [histories.prompt(*histories.user(total)) for _ in range(users)]
-
-    def cache_histories() -> None:
-        batch.clear()
-        firsts = []
-        for _ in range(users):
-            items, times = histories.user(total)
-            firsts.append(
-                histories.prompt(items[: work.history], times[: work.history])
-            )
-            batch.append(histories.prompt(items, times))
-        llm.generate(firsts, params, use_tqdm=False)
-
-    def at_once() -> None:
-        llm.generate(batch, params, use_tqdm=False)
-
-    new_user()
-    cold()  # warm-up
+    new_users(1)()
+    serve_batch()  # warm-up
     results = {
-        f"cold, {total} events": profile_calls(cold, REPEATS, setup=new_user),
+        f"cold, {total} events": profile_calls(serve_batch, REPEATS, new_users(1)),
         f"returning, {work.history} cached + {work.new_events} new": profile_calls(
-            returning_user, REPEATS, setup=cache_history
+            serve_batch, REPEATS, cache_histories(1)
         ),
         f"{users} users at once, cold": profile_calls(
-            at_once, REPEATS, setup=new_users
+            serve_batch, REPEATS, new_users(users)
         ),
         f"{users} users at once, returning": profile_calls(
-            at_once, REPEATS, setup=cache_histories
+            serve_batch, REPEATS, cache_histories(users)
         ),
     }
+    # Cached tokens of the returning requests (cold ones have none).
+    cached = [n for n in cached if n]
     title = (
-        f"One retrieval request, `{work.retrieval_preset}`, top {work.top_k}: "
+        f"Retrieval requests, `{work.retrieval_preset}`, top {work.top_k}: "
         f"cold and returning (median {statistics.median(cached)} tokens cached), "
         f"KV block size {llm.llm_engine.vllm_config.cache_config.block_size}"
     )
