@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence, Set
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -285,7 +286,17 @@ class HistoryPromptInput:
     that item's embeddings. Subclasses add `embed_multimodal`."""
 
     model: nn.Module
-    _rows_staging: PinnedStaging | None = None  # made on the first call
+    # Made on first use (`vllm_mtgr.transfer`): one buffer per copy of a step.
+    _items_staging: PinnedStaging | None = None
+    _rows_staging: PinnedStaging | None = None
+
+    def items_to_device(self, rows: np.ndarray) -> torch.Tensor:
+        """A step's multimodal items' int64 fields (`embed_multimodal`) on the
+        device, in one non-blocking copy."""
+        if self._items_staging is None:
+            device = self.model.position_embedding.weight.device
+            self._items_staging = PinnedStaging(device)
+        return self._items_staging.copy(rows)
 
     def get_language_model(self) -> nn.Module:
         return self.model

@@ -44,7 +44,6 @@ from vllm_mtgr.multimodal.events import (
     as_tensor_list,
     events_from_features,
 )
-from vllm_mtgr.transfer import PinnedStaging
 
 
 @support_torch_compile(
@@ -93,19 +92,15 @@ class HistoryEventsInput(HistoryPromptInput):
     retrieval. `self.model` is an `MTGRModel`."""
 
     model: MTGRModel
-    _events_staging: PinnedStaging | None = None  # made on the first call
 
     def embed_multimodal(self, **kwargs: object) -> Sequence[torch.Tensor]:
         # Events arrive in chunks (`chunk_bounds`): embed all chunks at
         # once (a few kernels per batch, not per chunk), return per-chunk views.
         item_ids = as_tensor_list(kwargs["item_ids"])
         actions = as_tensor_list(kwargs["actions"])
-        if self._events_staging is None:
-            device = self.model.position_embedding.weight.device
-            self._events_staging = PinnedStaging(device)
-        # Ids and actions in one non-blocking copy (`vllm_mtgr.transfer`).
-        rows = np.stack([torch.cat(item_ids).numpy(), torch.cat(actions).numpy()])
-        rows = self._events_staging.copy(rows)
+        rows = self.items_to_device(
+            np.stack([torch.cat(item_ids).numpy(), torch.cat(actions).numpy()])
+        )
         embeds = self.model.embed_events(rows[0], rows[1])
         return list(embeds.split([len(ids) for ids in item_ids]))
 
