@@ -391,26 +391,32 @@ def head_size_cost(matmul_tflops: float) -> list[dict]:
 
 
 PREFILL_CONFIGS = [(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 2),
-                   (64, 64, 4, 3), (64, 32, 4, 3), (128, 32, 8, 2)]  # fmt: skip
+                   (64, 64, 4, 3), (64, 32, 4, 3), (128, 32, 8, 2), (128, 128, 8, 2),
+                   (64, 64, 8, 3)]  # fmt: skip
 
 
 def sweep() -> list[dict]:
-    """Every tile configuration: prefill at 32 x 4096, candidates at DLRMv3."""
+    """Every tile configuration: prefill at 32 x 4096 (the kernel compiled
+    for key limits, and the causal one at 1024 and 4096), candidates at
+    DLRMv3."""
     rows = []
-    lengths = [4096] * BATCH
-    case = make_case(lengths, lengths, heads=4, dqk=HEAD_DIM, dv=HEAD_DIM,
-                     block_size=PAGE, dtype=torch.bfloat16, device="cuda",
-                     with_expected=False)  # fmt: skip
-    run = Prefill(case)
-    flops = 4 * 4 * HEAD_DIM * _causal_pairs(lengths)
-    for config in PREFILL_CONFIGS:
-        try:
-            ms = bench(run, prefill_config=config)
-            rate = flops / ms / 1e9
-        except Exception as error:  # out of shared memory / registers
-            ms, rate = float("nan"), str(error)[:60]
-        rows.append(dict(kind="prefill 32 x 4096", config=config, ms=ms, tflops=rate))
-    del case, run
+    for length, key_limits, kind in ((4096, True, "prefill 32 x 4096"),
+                                     (4096, False, "causal prefill 32 x 4096"),
+                                     (1024, False, "causal prefill 32 x 1024")):  # fmt: skip
+        lengths = [length] * BATCH
+        case = make_case(lengths, lengths, heads=4, dqk=HEAD_DIM, dv=HEAD_DIM,
+                         block_size=PAGE, dtype=torch.bfloat16, device="cuda",
+                         with_expected=False, key_limits=key_limits)  # fmt: skip
+        run = Prefill(case)
+        flops = 4 * 4 * HEAD_DIM * _causal_pairs(lengths)
+        for config in PREFILL_CONFIGS:
+            try:
+                ms = bench(run, prefill_config=config)
+                rate = flops / ms / 1e9
+            except Exception as error:  # out of shared memory / registers
+                ms, rate = float("nan"), str(error)[:60]
+            rows.append(dict(kind=kind, config=config, ms=ms, tflops=rate))
+        del case, run
     history, count = DLRMV3
     for timing, at_request_time in (("", False), (" at request time", True)):
         case = make_candidate_case([history] * BATCH, [count] * BATCH, heads=4,

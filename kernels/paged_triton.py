@@ -719,8 +719,10 @@ def _position_box(
     tiles of `block_m` x `block_n`, where TMA is (`_has_tma`); None elsewhere:
     every tile then reads its rows' runs. Its rows hold keys, so a tile's box
     starts at row `x`, column 0: a TMA box may start anywhere, but the
-    interpreter wants the innermost coordinate 16-byte aligned."""
-    if block_m > BOX_ROWS or not _has_tma(box):
+    interpreter wants the innermost coordinate 16-byte aligned. Tables
+    without a box (`box` None) are how tests run the path of GPUs before
+    Hopper."""
+    if box is None or block_m > BOX_ROWS or not _has_tma(box):
         return None
     shape, strides = list(box.shape), list(box.stride())
     return TensorDescriptor(box, shape, strides, [block_n, block_m])
