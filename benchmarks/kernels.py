@@ -400,9 +400,10 @@ def sweep() -> list[dict]:
     for key limits, and the causal one at 1024 and 4096), candidates at
     DLRMv3."""
     rows = []
-    for length, key_limits, kind in ((4096, True, "prefill 32 x 4096"),
-                                     (4096, False, "causal prefill 32 x 4096"),
-                                     (1024, False, "causal prefill 32 x 1024")):  # fmt: skip
+    shapes = ((4096, True, "prefill 32 x 4096"),
+              (4096, False, "causal prefill 32 x 4096"),
+              (1024, False, "causal prefill 32 x 1024"))  # fmt: skip
+    for length, key_limits, kind in shapes:
         lengths = [length] * BATCH
         case = make_case(lengths, lengths, heads=4, dqk=HEAD_DIM, dv=HEAD_DIM,
                          block_size=PAGE, dtype=torch.bfloat16, device="cuda",
