@@ -88,7 +88,7 @@ def gather_request_kv(
 # the table's end (for keys they then mask): pad by more than a block.
 POSITION_PAD = 128
 # Rows of the position box: tiles of at most this many query rows read it.
-BOX_ROWS = 128
+BOX_ROWS = 64
 
 
 class KernelBiasTables(NamedTuple):
@@ -101,8 +101,8 @@ class KernelBiasTables(NamedTuple):
     aligned in one copy. `position_box`: `[x, i] = pos_w[x - i]` (clamped),
     so that the bias of query rows at consecutive positions against a key
     block, a Toeplitz tile, is one rectangle of it, which a TMA box loads
-    (see `paged_triton`); `(2N + 128) x BOX_ROWS` floats, 8.5 MB a layer at
-    N = 8192 (`mtgr-8b`: 270 MB in all, under 2% of its weights). `time`: the
+    (see `paged_triton`); `(2N + 128) x BOX_ROWS` floats, 4.2 MB a layer at
+    N = 8192 (`mtgr-8b`: 135 MB in all, under 1% of its weights). `time`: the
     time table.
     """
 

@@ -52,6 +52,14 @@ Triton 3.6, no GPU needed; `benchmarks/results/h200-20261201/NOTES.md`):
 * Key blocks that every row of a tile sees whole run without masks.
 * With a KV block at least as long as the key tile, a key tile is one page:
   one page-table read per tile, and contiguous K/V rows.
+
+Integer arguments that follow the batch's size (requests, tokens, the
+partial sums' stride) are not specialised (`do_not_specialize`): Triton
+compiles a kernel again for an integer that is 1 or a multiple of 16 where
+it had seen neither, seconds in the middle of serving (the prefill kernel
+compiles in ~6 s for sm_90). On the H200, the first 64-user decode run of
+a fresh `mtgr-8b` engine took 7.8 s against 0.75 s after, while one kernel
+was added to Triton's cache (`benchmarks/results/h200-20261203d`).
 """
 
 from __future__ import annotations
@@ -390,7 +398,7 @@ def _tile_keys(
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_reqs"])  # batch-sized (module doc)
 def _prefill_kernel(
     Q, KV, OUT, BLOCK_TABLE, QUERY_START, SEQ_LENS, POSITION_COPIES, BIAS_BOX, K_BOX,
     V_BOX, T_BOX, TS_W, stride_qt, stride_qh, stride_kvb, stride_kvh, stride_kvn,
@@ -474,7 +482,7 @@ def _prefill_kernel(
              mask=m_ok[:, None] & (d_v[None, :] < DV))  # fmt: skip
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_ps"])  # batch-sized (module doc)
 def _decode_kernel(
     Q, KV, K_BOX, V_BOX, T_BOX, PARTIAL, BLOCK_TABLE, SEQ_LENS, POSITION_COPIES,
     TS_W,
@@ -551,7 +559,7 @@ def _candidate_keys(
     )  # fmt: skip
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_reqs"])  # batch-sized (module doc)
 def _candidate_kernel(
     Q, K, V, TIMES, LIMITS, KV, K_BOX, V_BOX, T_BOX, OUT, BLOCK_TABLE,
     CANDIDATE_START,
@@ -632,7 +640,7 @@ def _candidate_kernel(
              mask=m_ok[:, None] & (d_v[None, :] < DV))  # fmt: skip
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_tokens"])  # batch-sized (module doc)
 def _write_kv_kernel(
     KEY, VALUE, KV, SLOTS, num_tokens, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_kvb, stride_kvh, stride_kvn, HEADS: tl.constexpr, HS: tl.constexpr,
@@ -781,9 +789,13 @@ def _prefill_blocks(dqk: int, dv: int) -> tuple[int, int, int, int]:
     candidate kernels: the best of the H200 sweeps (`benchmarks/kernels.py
     --sections sweep`, `benchmarks/results/h200-20261202c`): with the
     position box, 3 stages ran 4% faster than 2 at 32 x 4096 (188-190 vs
-    180-182 TFLOP/s) and 1.5% faster for request-time candidates; 128-row
-    tiles have no position box (`BOX_ROWS`). Head dims above 128 keep the
-    32-key, 2-stage tile of earlier sweeps (not re-swept with the box)."""
+    180-182 TFLOP/s) and 1.5% faster for request-time candidates. 128-row
+    tiles have no position box (`BOX_ROWS`); given one (a box of 128 rows,
+    `h200-20261203e`), 128 x 64 and 128 x 128 tiles of 8 warps still lost
+    (163 and 187 against 189 TFLOP/s at 32 x 4096, causal; 104 and 116
+    against 127 at 32 x 1024), so the box stays 64 rows. Head dims above 128
+    keep the 32-key, 2-stage tile of earlier sweeps (not re-swept with the
+    box)."""
     if max(dqk, dv) > 128:
         return 64, 32, 4, 2
     return 64, 64, 4, 3

@@ -56,8 +56,9 @@ def _seed() -> int:
 PAGES = [16, 64, 128, 256]
 
 
-# Tile shapes, and the path of GPUs without TMA: tables without the
-# position box, so that every tile reads its rows' runs.
+# Tile shapes (tiles of 128 rows have no position box: `BOX_ROWS`), and the
+# path of GPUs without TMA: tables without the box, so that every tile reads
+# its rows' runs.
 TILES = ["default", "rows_of_128", "no_box"]
 
 
@@ -244,3 +245,33 @@ def test_kv_cache_write_equals_the_pytorch_write(dtype):
     write_kv_cache(key, value, expected, slots)
     write_kv_cache_triton(key, value, got, slots)
     assert torch.equal(got, expected)
+
+
+@pytest.mark.skipif(
+    DEVICE != "cuda", reason="Triton's interpreter compiles nothing: needs a GPU"
+)
+def test_batch_sizes_compile_no_new_kernels():
+    """Batches of 1, 3 and 16 requests (16: a multiple of 16, which Triton
+    would specialise) run the kernels compiled for the first one."""
+    from vllm_mtgr.kernels import paged_triton
+
+    kernels = [paged_triton._prefill_kernel, paged_triton._decode_kernel,
+               paged_triton._write_kv_kernel]  # fmt: skip
+    device = torch.cuda.current_device()
+    counts = []
+    for requests in (3, 1, 16):
+        generator = torch.Generator().manual_seed(_seed())
+        for query_len in (24, 1):
+            # One head of 24: the decode kernel's partial sums' stride is
+            # 24 x requests (384 at 16 requests).
+            case = make_case([40] * requests, [query_len] * requests, heads=1,
+                             dtype=torch.bfloat16, device=DEVICE,
+                             generator=generator)  # fmt: skip
+            got = case.run(hstu_attention_triton, query_len)
+            assert relative_error(got, case.expected) < TOLERANCE[torch.bfloat16]
+        tokens = 5 * requests  # 80 at 16 requests
+        key = torch.randn(tokens, 2, 32, device=DEVICE, dtype=torch.bfloat16)
+        cache = torch.zeros(tokens, 2, 1, 64, device=DEVICE, dtype=torch.bfloat16)
+        write_kv_cache_triton(key, key, cache, torch.arange(tokens, device=DEVICE))
+        counts.append([len(k.device_caches[device][0]) for k in kernels])
+    assert counts[0] == counts[1] == counts[2], counts
