@@ -33,6 +33,7 @@ except ImportError:
 from vllm_mtgr.errors import RequestError
 
 INTEGER_DTYPES = {"int32": np.dtype("<i4"), "int64": np.dtype("<i8")}
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # bfloat16 has no NumPy dtype: its bytes are the high half of a float32's.
 FLOAT_DTYPES = {
     "float16": np.dtype("<f2"),
@@ -137,14 +138,21 @@ def integers(field: str, value: object, low: int, high: int) -> np.ndarray:
             for i, v in enumerate(value):
                 if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                     raise RequestError(
-                        f"`{field}[{i}]` must be an integer, got {v!r}", field
+                        f"`{field}[{i}]` must be an integer, got "
+                        f"{type(v).__name__} {v!r}",
+                        field,
                     )
         try:
             values = np.array(value, dtype=np.int64)
         except OverflowError:
-            values = None
-        if values is None or values.shape != (len(value),):
-            raise RequestError(f"`{field}` must be a list of integers", field)
+            i, v = next(
+                (i, v) for i, v in enumerate(value) if not INT64_MIN <= v <= INT64_MAX
+            )
+            raise RequestError(
+                f"`{field}` must be a list of integers: `{field}[{i}]` = {v} does "
+                "not fit a 64-bit integer",
+                field,
+            ) from None
     else:
         raise RequestError(
             f"`{field}` must be a list of integers or a typed array", field

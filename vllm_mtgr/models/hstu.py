@@ -48,7 +48,10 @@ def _attention_params(config: MTGRConfig) -> HSTUAttentionParams:
 
 
 def _layer_norm(x: torch.Tensor, eps: float, tp_size: int) -> torch.Tensor:
-    """Affine-free LayerNorm over the last dim, which is sharded across TP ranks."""
+    """Affine-free LayerNorm over the last dim, which is sharded across TP
+    ranks; on one rank torch's own (which inductor fuses with its neighbours)."""
+    if tp_size == 1:
+        return F.layer_norm(x, x.shape[-1:], eps=eps)
     stats = torch.stack([x.float().sum(-1), x.float().square().sum(-1)])
     stats = tensor_model_parallel_all_reduce(stats)
     count = x.shape[-1] * tp_size
@@ -203,11 +206,7 @@ class HSTUBlock(nn.Module):
             # uncaptured step.
             values = attention[..., :dv].reshape(-1, h * dv)
             gate = F.silu(u) if silu_gate else u
-            if self.tp_size == 1:
-                normed = F.layer_norm(values, values.shape[-1:], eps=self.eps)
-            else:
-                normed = _layer_norm(values, self.eps, self.tp_size)
-            gated = gate * normed
+            gated = gate * _layer_norm(values, self.eps, self.tp_size)
         out, _ = self.o_proj(gated)
         return x + out
 

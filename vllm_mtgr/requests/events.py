@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from vllm_mtgr.arrays import INT64_MAX, INT64_MIN, integers
 from vllm_mtgr.errors import RequestError
 from vllm_mtgr.layout.positions import MAX_TIMESTAMP
 
@@ -35,28 +35,12 @@ def next_event_times(key_times: np.ndarray, request_timestamp: int) -> np.ndarra
 
 
 def _as_int_array(name: str, values: object) -> np.ndarray:
-    """`values` (a list of integers) as int64; errors name the first bad value."""
-    if isinstance(values, (torch.Tensor, np.ndarray)):
-        values = values.tolist()
-    if not isinstance(values, (list, tuple)):
-        raise EventsError(f"`{name}` must be a list of integers", name)
-    if not set(map(type, values)) <= {int}:  # the common case is checked at C speed
-        for i, value in enumerate(values):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise EventsError(
-                    f"`{name}[{i}]` must be an integer, got {type(value).__name__} "
-                    f"{value!r}",
-                    name,
-                )
+    """`values` as int64 (`vllm_mtgr.arrays.integers`: a list or a typed
+    array of integers); its errors as `EventsError`, ranges checked here."""
     try:
-        return np.array(values, dtype=np.int64)
-    except OverflowError:
-        i, value = next(
-            (i, v) for i, v in enumerate(values) if not -(2**63) <= int(v) < 2**63
-        )
-        raise EventsError(
-            f"`{name}[{i}]` = {value} does not fit a 64-bit integer", name
-        ) from None
+        return integers(name, values, INT64_MIN, INT64_MAX)
+    except RequestError as error:
+        raise EventsError(error.args[0], name) from None
 
 
 def _first_outside(values: np.ndarray, low: int, high: int) -> int | None:
