@@ -103,12 +103,16 @@ class KernelBiasTables(NamedTuple):
     block, a Toeplitz tile, is one rectangle of it, which a TMA box loads
     (see `paged_triton`); `(2N + 128) x BOX_ROWS` floats, 4.2 MB a layer at
     N = 8192 (`mtgr-8b`: 135 MB in all, under 1% of its weights). `time`: the
-    time table.
+    time table. `position_box_bf16`: the box in bfloat16, as the Hopper
+    prefill kernel (`paged_gluon`) reads it: half the shared memory of a
+    float32 box, so that two of its CTAs fit on an SM (a 16-bit model's
+    scores round to 16 bits before their SiLU anyway).
     """
 
     position: torch.Tensor
     position_box: torch.Tensor
     time: torch.Tensor
+    position_box_bf16: torch.Tensor
 
 
 def kernel_bias_tables(pos_w: torch.Tensor, ts_w: torch.Tensor) -> KernelBiasTables:
@@ -120,7 +124,7 @@ def kernel_bias_tables(pos_w: torch.Tensor, ts_w: torch.Tensor) -> KernelBiasTab
     copies = half[index.clamp(max=last).to(half.device)]
     diagonal = torch.arange(length)[:, None] - torch.arange(BOX_ROWS)[None, :]
     box = half[diagonal.clamp(0, last).to(half.device)]
-    return KernelBiasTables(copies, box, 0.5 * ts_w.float())
+    return KernelBiasTables(copies, box, 0.5 * ts_w.float(), box.bfloat16())
 
 
 def hstu_paged_attention(

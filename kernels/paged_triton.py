@@ -64,8 +64,6 @@ was added to Triton's cache (`benchmarks/results/h200-20261203d`).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
@@ -73,6 +71,8 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from vllm_mtgr.layout.slots import TIME_SLOTS
 
+from . import paged_gluon
+from .paged_gluon import capability
 from .paged_torch import (
     BOX_ROWS,
     HSTUAttentionParams,
@@ -766,12 +766,7 @@ def _has_tma(tensor: torch.Tensor) -> bool:
     """Hopper and later, and the interpreter (CPU tensors). A host descriptor
     is a kernel parameter: a captured CUDA graph keeps it, and neither the
     cache nor the tables ever move."""
-    return not tensor.is_cuda or _capability(tensor.device) >= 9
-
-
-@functools.cache
-def _capability(device: torch.device) -> int:
-    return torch.cuda.get_device_capability(device)[0]
+    return not tensor.is_cuda or capability(tensor.device) >= 9
 
 
 def _multiprocessors(device: torch.device) -> int:
@@ -846,11 +841,14 @@ def hstu_attention_triton(
     decode_config: tuple[int, int, int] | None = None,
     bias_tables: KernelBiasTables | None = None,
 ) -> None:
-    """Triton HSTU attention; `max_query_len == 1` takes the decode kernel.
+    """Triton HSTU attention; `max_query_len == 1` takes the decode kernel,
+    other batches the prefill kernel: on Hopper, where it applies
+    (`paged_gluon.supports`), the Gluon one.
 
     `num_splits` (decode key splits), `prefill_config` (BLOCK_M, BLOCK_N,
-    warps, stages) and `decode_config` (BLOCK_N, warps, stages) override the
-    defaults; `benchmarks/kernels.py --sweep` uses them to tune.
+    warps, stages: the Triton prefill kernel, even on Hopper) and
+    `decode_config` (BLOCK_N, warps, stages) override the defaults;
+    `benchmarks/kernels.py --sweep` uses them to tune.
     `bias_tables` are `kernel_bias_tables(pos_w, ts_w)` made ahead of time.
     """
     num_tokens, heads = query.shape[0], query.shape[1]
@@ -859,7 +857,8 @@ def hstu_attention_triton(
         return
     common = _common(query, kv_cache, params, ts_w)
     kv_strides = (kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2))
-    copies, box, ts_w = bias_tables or kernel_bias_tables(pos_w, ts_w)
+    tables = bias_tables or kernel_bias_tables(pos_w, ts_w)
+    copies, box, ts_w = tables.position, tables.position_box, tables.time
     scalars = (params.max_len, params.time_bucket_divisor, 1.0 / params.normalizer)
     dv = params.value_dim
     if max_query_len == 1 and num_tokens == num_reqs:
@@ -878,6 +877,12 @@ def hstu_attention_triton(
             **common, num_warps=warps, num_stages=stages,
         )  # fmt: skip
         output[..., :dv] = partial.sum(dim=0)
+        return
+    if prefill_config is None and paged_gluon.supports(query, kv_cache, params):
+        paged_gluon.hstu_prefill_gluon(
+            query, kv_cache, block_table, query_start_loc, seq_lens, tables, params,
+            output,
+        )  # fmt: skip
         return
     block_m, block_n, warps, stages = prefill_config or _prefill_blocks(
         params.attention_dim, dv
@@ -922,7 +927,8 @@ def candidate_attention_triton(
     block_m, block_n, warps, stages = config or _prefill_blocks(
         params.attention_dim, params.value_dim
     )
-    copies, _, ts_w = bias_tables or kernel_bias_tables(pos_w, ts_w)
+    tables = bias_tables or kernel_bias_tables(pos_w, ts_w)
+    copies, ts_w = tables.position, tables.time
     tiles = num_candidates // block_m + num_reqs
     _candidate_kernel[(tiles, heads)](
         query, key, value, times, limits, kv_cache,

@@ -207,7 +207,7 @@ class RelativeAttentionBias(nn.Module):
         self.time_weight = nn.Parameter(torch.empty(num_time_buckets + 1))
         tables = kernel_bias_tables(self.position_weight, self.time_weight)
         for name, table in zip(TABLE_BUFFERS, tables, strict=True):
-            unset = torch.full(table.shape, float("nan"), dtype=torch.float32)
+            unset = torch.full(table.shape, float("nan"), dtype=table.dtype)
             self.register_buffer(name, unset, persistent=False)
 
     def refresh_kernel_tables(self) -> None:
