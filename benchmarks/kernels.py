@@ -10,8 +10,10 @@
    masks, ranking candidates, head dims 64..256).
 3. Prefill, causal, 32 sequences x 4 and x 8 heads of 128, lengths 1024 to
    8192, a ragged batch and the DLRMv3 peer shape (1024 history + 2048
-   candidates): TFLOP/s against the matmul ceiling and against
-   FlashAttention 3 softmax attention (shipped in vLLM) on the same shapes.
+   candidates): TFLOP/s of the kernel that serves the shape (`kernel`: on
+   Hopper the Gluon one) and of the Triton kernel (`triton_tflops`, GPUs
+   before Hopper), against the matmul ceiling and against FlashAttention 3
+   softmax attention (shipped in vLLM) on the same shapes.
 4. Decode: bandwidth of the paged decode kernel against the copy ceiling
    (bytes it reads and bytes it needs), FlashAttention 3 beside it, and the
    key-split choice measured: every split count at several batch shapes.
@@ -44,9 +46,11 @@ from attention_cases import (  # noqa: E402
     relative_error,
 )
 
+from vllm_mtgr.kernels import paged_gluon  # noqa: E402
 from vllm_mtgr.kernels.paged_torch import kernel_bias_tables  # noqa: E402
 from vllm_mtgr.kernels.paged_triton import (  # noqa: E402
     DECODE_SPLITS,
+    _prefill_blocks,
     candidate_attention_triton,
     hstu_attention_triton,
     key_splits,
@@ -218,21 +222,30 @@ def prefill_speed(matmul_tflops: float) -> list[dict]:
     for heads in (4, 8):
         for name, lengths in shapes:
             flops = 4 * heads * HEAD_DIM * _causal_pairs(lengths)
-            # As a retrieval model runs it: compiled for causal rows only;
-            # `general_*`: the kernel compiled for key limits (ranking).
+            # As a retrieval model runs it (causal rows only: on Hopper the
+            # Gluon kernel); `general_*`: the Triton kernel compiled for key
+            # limits (ranking).
             case = make_case(
                 lengths, lengths, heads=heads, dqk=HEAD_DIM, dv=HEAD_DIM,
                 block_size=PAGE, dtype=torch.bfloat16, device="cuda",
                 with_expected=False, key_limits=False,
             )  # fmt: skip
             ours = bench(Prefill(case))
+            # The Triton kernel, which serves GPUs before Hopper (and these
+            # shapes on Hopper before the Gluon kernel): a config forces it.
+            triton_ms = bench(Prefill(case, prefill_config=_prefill_blocks(
+                HEAD_DIM, HEAD_DIM)))  # fmt: skip
             general = replace(case, params=replace(case.params, key_limits=True))
             general_ms = bench(Prefill(general))
+            kernel = "gluon" if paged_gluon.supports(
+                case.query, case.kv_cache, case.params) else "triton"  # fmt: skip
             del case, general
             fa3 = _fa3_prefill(lengths, heads)
             rows.append(dict(shape=name, heads=heads, batch=len(lengths), ms=ours,
-                             tflops=flops / ours / 1e9, fa3_ms=fa3,
-                             fa3_tflops=flops / fa3 / 1e9, general_ms=general_ms,
+                             tflops=flops / ours / 1e9, kernel=kernel, fa3_ms=fa3,
+                             fa3_tflops=flops / fa3 / 1e9, triton_ms=triton_ms,
+                             triton_tflops=flops / triton_ms / 1e9,
+                             general_ms=general_ms,
                              general_tflops=flops / general_ms / 1e9))  # fmt: skip
         # The DLRMv3 peer: each user's history (causal here, as Meta's
         # kernel; MTGR's context is bidirectional), then its candidates,
@@ -464,9 +477,9 @@ SECTIONS = {
     "prefill": (
         "prefill", lambda limits: prefill_speed(limits["matmul_tflops"]),
         f"Prefill, bf16, head dim {HEAD_DIM}, KV blocks of {PAGE}",
-        ["shape", "heads", "batch", "ms", "tflops", "pct_matmul", "fa3_tflops",
-         "fa3_ratio", "general_tflops", "history_ms", "candidates_ms",
-         "candidates_tflops"],
+        ["shape", "heads", "batch", "kernel", "ms", "tflops", "pct_matmul",
+         "fa3_tflops", "fa3_ratio", "triton_tflops", "general_tflops",
+         "history_ms", "candidates_ms", "candidates_tflops"],
     ),
     "decode": (
         "decode", lambda limits: decode_speed(limits["copy_tbps"]),
