@@ -39,16 +39,15 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .paged_torch import HSTUAttentionParams, KernelBiasTables
+from .score_math import (
+    FAST_LOG2,
+    LN2,
+    ROUNDING,
+    ROUNDING_BITS,
+    SILU_HALF_BF16X2,
+    SILU_HALF_F16X2,
+)
 
-LN2 = gl.constexpr(0.6931471805599453)
-ROUNDING = gl.constexpr(12582912.0)
-ROUNDING_BITS = gl.constexpr(0x4B400000)
-SILU_HALF_BF16X2 = gl.constexpr(
-    "{ .reg .b32 t; tanh.approx.bf16x2 t, $1; fma.rn.bf16x2 $0, $1, t, $1; }"
-)
-SILU_HALF_F16X2 = gl.constexpr(
-    "{ .reg .b32 t; tanh.approx.f16x2 t, $1; fma.rn.f16x2 $0, $1, t, $1; }"
-)
 BLOCK_M, BLOCK_N, WIDTH = 64, 64, 128  # rows and keys of a tile; q/k/v width
 TILE_M, TILE_N, TILE_D = (gl.constexpr(x) for x in (BLOCK_M, BLOCK_N, WIDTH))
 TIME_WIDTH = 8  # a TMA box row must span 16 bytes: the 4 time slots and 4 more
@@ -107,7 +106,7 @@ def _silu_half(a, DTYPE: gl.constexpr):
 @gluon.jit
 def _fast_log2(x):
     return gl.inline_asm_elementwise(
-        "lg2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=gl.float32, is_pure=True,
+        FAST_LOG2, "=f,f", [x], dtype=gl.float32, is_pure=True,
         pack=1,
     )  # fmt: skip
 

@@ -79,18 +79,13 @@ from .paged_torch import (
     KernelBiasTables,
     kernel_bias_tables,
 )
-
-LN2 = tl.constexpr(0.6931471805599453)
-# floor(x) as round(x - 0.5): adding 1.5 * 2^23 leaves round(x) in the low
-# mantissa bits, no float->int instruction (those share the SFU with tanh).
-ROUNDING = tl.constexpr(12582912.0)
-ROUNDING_BITS = tl.constexpr(0x4B400000)
-# a * (1 + tanh(a)) on two packed 16-bit values (sm_90 for bf16x2).
-SILU_HALF_BF16X2 = tl.constexpr(
-    "{ .reg .b32 t; tanh.approx.bf16x2 t, $1; fma.rn.bf16x2 $0, $1, t, $1; }"
-)
-SILU_HALF_F16X2 = tl.constexpr(
-    "{ .reg .b32 t; tanh.approx.f16x2 t, $1; fma.rn.f16x2 $0, $1, t, $1; }"
+from .score_math import (
+    FAST_LOG2,
+    LN2,
+    ROUNDING,
+    ROUNDING_BITS,
+    SILU_HALF_BF16X2,
+    SILU_HALF_F16X2,
 )
 
 
@@ -128,9 +123,8 @@ def _row_limits(ptrs, mask):
 
 @triton.jit
 def _fast_log2(x):
-    # ftz: no denormal fix-up around the SFU op (inputs are >= 1).
     return tl.inline_asm_elementwise(
-        "lg2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+        FAST_LOG2, "=f,f", [x], dtype=tl.float32, is_pure=True,
         pack=1,
     )  # fmt: skip
 
