@@ -39,36 +39,12 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .paged_torch import HSTUAttentionParams, KernelBiasTables
-from .score_math import (
-    FAST_LOG2,
-    LN2,
-    ROUNDING,
-    ROUNDING_BITS,
-    SILU_HALF_BF16X2,
-    SILU_HALF_F16X2,
-)
+from .score_math import LN2, ROUNDING, ROUNDING_BITS, fast_log2, silu_half
+from .tiles import request_tile
 
 BLOCK_M, BLOCK_N, WIDTH = 64, 64, 128  # rows and keys of a tile; q/k/v width
 TILE_M, TILE_N, TILE_D = (gl.constexpr(x) for x in (BLOCK_M, BLOCK_N, WIDTH))
 TIME_WIDTH = 8  # a TMA box row must span 16 bytes: the 4 time slots and 4 more
-
-
-@gluon.jit
-def _tile(ROW_START, q_block, num_reqs, BM: gl.constexpr):
-    """As `paged_triton._tile`: (request, first row, rows, tile within it)."""
-    lo = 0
-    hi = num_reqs
-    while lo < hi:
-        mid = (lo + hi) // 2
-        first = gl.load(ROW_START + mid) // BM + mid
-        if first <= q_block:
-            lo = mid + 1
-        else:
-            hi = mid
-    req = lo - 1
-    start = gl.load(ROW_START + req)
-    length = gl.load(ROW_START + req + 1) - start
-    return req, start, length, q_block - (start // BM + req)
 
 
 @gluon.jit
@@ -86,29 +62,6 @@ def _cache_row(table, block, blocks, heads, head, PAGE: gl.constexpr,
     start = gl.minimum(block, blocks - 1) * BN
     page = gl.load(table + start // PAGE)
     return (page * heads + head) * PAGE + start % PAGE
-
-
-@gluon.jit
-def _silu_half(a, DTYPE: gl.constexpr):
-    if DTYPE == gl.bfloat16:
-        p = gl.inline_asm_elementwise(
-            SILU_HALF_BF16X2, "=r,r", [a.to(gl.bfloat16)], dtype=gl.bfloat16,
-            is_pure=True, pack=2,
-        )  # fmt: skip
-    else:
-        p = gl.inline_asm_elementwise(
-            SILU_HALF_F16X2, "=r,r", [a.to(gl.float16)], dtype=gl.float16,
-            is_pure=True, pack=2,
-        )  # fmt: skip
-    return p
-
-
-@gluon.jit
-def _fast_log2(x):
-    return gl.inline_asm_elementwise(
-        FAST_LOG2, "=f,f", [x], dtype=gl.float32, is_pure=True,
-        pack=1,
-    )  # fmt: skip
 
 
 @gluon.jit(do_not_specialize=["num_reqs"])  # batch-sized (`paged_triton`)
@@ -137,7 +90,8 @@ def _prefill_kernel(
     TIMES: gl.constexpr = gl.BlockedLayout([1, 8], [32, 1], [4, 1], [1, 0])
 
     head = gl.program_id(1)
-    req, q_start, q_len, local = _tile(QUERY_START, gl.program_id(0), num_reqs, BM)
+    program = gl.program_id(0)
+    req, q_start, q_len, local = request_tile(QUERY_START, program, num_reqs, BM)
     if local * BM >= q_len:
         return
     seq_len = gl.load(SEQ_LENS + req)
@@ -175,7 +129,7 @@ def _prefill_kernel(
                                         b_bar.index(s), b_smem.index(s),
                                         pred=ok)  # fmt: skip
 
-    # Queries, halved (exact; `paged_triton._silu_half`), and their times.
+    # Queries, halved (exact; `score_math.silu_half`), and their times.
     m = local * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, LOAD))
     d = gl.arange(0, D, layout=gl.SliceLayout(0, LOAD))
     token = (q_start + m).to(gl.int64)
@@ -227,11 +181,11 @@ def _prefill_kernel(
         box = b_smem.index(stage).permute((1, 0)).load(S_LAYOUT).to(gl.float32)
         delta = (high_q[:, None] - high_k[None, :]) + (low_q[:, None] - low_k[None, :])
         seconds = gl.maximum(gl.abs(delta), 1.0)
-        scaled = _fast_log2(seconds) * (LN2 / divisor) - 0.5
+        scaled = fast_log2(seconds) * (LN2 / divisor) - 0.5
         scaled = gl.minimum(scaled, NUM_BUCKETS) + ROUNDING
         bucket = scaled.to(gl.int32, bitcast=True) - ROUNDING_BITS
         rab = box + gl.load(TS_W + bucket)
-        p = _silu_half(s_cur + rab, DTYPE)
+        p = silu_half(s_cur + rab, DTYPE, True)
         if j >= first_masked:
             p = gl.where((j * BN + key)[None, :] <= pos_q[:, None], p, 0.0)
 

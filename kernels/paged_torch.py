@@ -93,7 +93,7 @@ BOX_ROWS = 64
 
 class KernelBiasTables(NamedTuple):
     """The bias tables as the Triton kernels read them: float32 (no
-    conversion per score) and halved, exactly (see `paged_triton._silu_half`;
+    conversion per score) and halved, exactly (see `score_math.silu_half`;
     halving in the kernel would cost an instruction per score).
 
     `position`: four copies of the table, copy s shifted left by s entries

@@ -8,7 +8,7 @@ Same contract as `paged_torch` (layout, positions, key-limit masks). Kernels:
   `silu(q.k + rab) / N @ v` with tensor-core dots. HSTU has no softmax, so
   there is no running max or rescaling. Programs find their request by a
   binary search over `query_start_loc` on the device (as vLLM's unified
-  attention does, `_tile`): no host work per batch, so the launch is
+  attention does, `tiles.request_tile`): no host work per batch, so the launch is
   graph-safe.
 * `_decode_kernel`: one query token per request. Memory-bound; the keys of a
   request are split across `num_splits` programs whose partial outputs are
@@ -80,13 +80,13 @@ from .paged_torch import (
     kernel_bias_tables,
 )
 from .score_math import (
-    FAST_LOG2,
     LN2,
     ROUNDING,
     ROUNDING_BITS,
-    SILU_HALF_BF16X2,
-    SILU_HALF_F16X2,
+    fast_log2,
+    silu_half,
 )
+from .tiles import request_tile
 
 
 @triton.jit
@@ -122,14 +122,6 @@ def _row_limits(ptrs, mask):
 
 
 @triton.jit
-def _fast_log2(x):
-    return tl.inline_asm_elementwise(
-        FAST_LOG2, "=f,f", [x], dtype=tl.float32, is_pure=True,
-        pack=1,
-    )  # fmt: skip
-
-
-@triton.jit
 def _table(ptrs, FAST: tl.constexpr):
     """Gather float32 table entries at `ptrs`, in the layout `ptrs` already has.
 
@@ -149,41 +141,14 @@ def _table(ptrs, FAST: tl.constexpr):
 
 
 @triton.jit
-def _silu_half(a, DTYPE: tl.constexpr, FAST: tl.constexpr):
-    """silu(2a) = a * (1 + tanh(a)) as DTYPE, the dtype of the second product.
-
-    Callers pass half the score (queries and bias tables are pre-halved,
-    exactly), and apply 1/N to the accumulator once, not per score. Fast (bf16,
-    fp16): two elements per instruction, one packed SFU tanh and one packed
-    FMA: the score rounds to 16 bits before the tanh, as it would before the
-    product anyway.
-    """
-    if FAST:
-        if DTYPE == tl.bfloat16:
-            p = tl.inline_asm_elementwise(
-                SILU_HALF_BF16X2, "=r,r", [a.to(tl.bfloat16)], dtype=tl.bfloat16,
-                is_pure=True, pack=2,
-            )  # fmt: skip
-        else:
-            p = tl.inline_asm_elementwise(
-                SILU_HALF_F16X2, "=r,r", [a.to(tl.float16)], dtype=tl.float16,
-                is_pure=True, pack=2,
-            )  # fmt: skip
-    else:
-        s = a + a
-        p = (s * tl.sigmoid(s)).to(DTYPE)
-    return p
-
-
-@triton.jit
 def _activated(x, SILU: tl.constexpr, FAST: tl.constexpr):
-    """silu(x) in x's dtype (SILU), or x unchanged. Fast: `_silu_half`'s
+    """silu(x) in x's dtype (SILU), or x unchanged. Fast: `silu_half`'s
     packed tanh, two elements per SFU op; a float32 sigmoid (exp and a true
     division per element) over a candidate tile's q, k and v made the
     candidate kernel 24% slower in the DLRMv3 forward (H200, 2026-12-03),
     its programs being short (one history of ~1000 keys each)."""
     if SILU:
-        x = _silu_half(x.to(tl.float32) * 0.5, x.dtype, FAST)
+        x = silu_half(x.to(tl.float32) * 0.5, x.dtype, FAST)
     return x
 
 
@@ -200,7 +165,7 @@ def _time_bias(high_q, low_q, high_k, low_k, TS_W, divisor,
     if FAST:
         # Clamped before rounding (min(floor x, B) = floor(min(x, B + 0.5)));
         # the rounding constant's bits are taken off the table pointer.
-        scaled = _fast_log2(seconds) * (LN2 / divisor) - 0.5
+        scaled = fast_log2(seconds) * (LN2 / divisor) - 0.5
         scaled = tl.minimum(scaled, NUM_BUCKETS) + ROUNDING
         bias = _table(TS_W - ROUNDING_BITS + scaled.to(tl.int32, bitcast=True), FAST)
     else:  # exactly Meta's float32 arithmetic
@@ -229,30 +194,6 @@ def _logical_position(pos_q, limit_q):
 
 
 @triton.jit
-def _tile(ROW_START, q_block, num_reqs, BLOCK_M: tl.constexpr):
-    """(request, its first row, its row count, the tile's index within it) of
-    global row tile `q_block`.
-
-    Request r's tiles start at row_start[r] // BLOCK_M + r (an upper bound
-    that leaves room for every request's partial last tile); a binary search
-    over `ROW_START` on the device finds r, so the launch needs no host work.
-    """
-    lo = 0
-    hi = num_reqs
-    while lo < hi:
-        mid = (lo + hi) // 2
-        first = tl.load(ROW_START + mid) // BLOCK_M + mid
-        if first <= q_block:
-            lo = mid + 1
-        else:
-            hi = mid
-    req = lo - 1
-    start = tl.load(ROW_START + req)
-    length = tl.load(ROW_START + req + 1) - start
-    return req, start, length, q_block - (start // BLOCK_M + req)
-
-
-@triton.jit
 def _bias_rows(POSITION_COPIES, stride_copy, max_len, logical):
     """Pointers to each row's position bias for key 0, `pos_w[N - 1 - i]`,
     in the copy (shifted by `(N - 1 - i) % 4`) where it is 16-byte aligned."""
@@ -277,7 +218,7 @@ def _key_block(
     `bias_at` points at each row's bias for key 0 (`_bias_rows`). Rows may
     come as one (`high_q`, `low_q`, `bias_at` of shape [1]) when all share
     their time and position: the bias is then one row for the whole tile.
-    `q` and the tables are halved (`_silu_half`). Unmasked: every key is
+    `q` and the tables are halved (`silu_half`). Unmasked: every key is
     below `end` and visible to every row. Masked: keys from `end` on load as
     zeros (they add nothing whatever their score); a row sees keys below its
     `row_end` and, with OWN_KEYS, its own key (position `pos_q`, distance 0;
@@ -326,7 +267,7 @@ def _key_block(
     rab = bias + _time_bias(high_q, low_q, high_k, low_k, TS_W, divisor,
                             NUM_BUCKETS, FAST)  # fmt: skip
     rab = tl.broadcast_to(rab, a.shape)
-    p = _silu_half(_add_after_dot(a, rab, FAST), v.dtype, FAST)
+    p = silu_half(_add_after_dot(a, rab, FAST), v.dtype, FAST)
     if MASKED:
         visible = n[None, :] < row_end[:, None]
         if OWN_KEYS:
@@ -407,8 +348,9 @@ def _prefill_kernel(
     position bias from it. Not KEY_LIMITS: every row is causal (its limit
     slots are not read)."""
     head = tl.program_id(1)
-    req, q_start, q_len, local = _tile(QUERY_START, tl.program_id(0), num_reqs,
-                                       BLOCK_M)  # fmt: skip
+    req, q_start, q_len, local = request_tile(
+        QUERY_START, tl.program_id(0), num_reqs, BLOCK_M
+    )
     if local * BLOCK_M >= q_len:
         return
     seq_len = tl.load(SEQ_LENS + req)
@@ -421,7 +363,7 @@ def _prefill_kernel(
     d_qk = tl.arange(0, BLOCK_DQK)
     q = tl.load(q_rows[:, None] + d_qk[None, :],
                 mask=m_ok[:, None] & (d_qk[None, :] < DQK), other=0.0)  # fmt: skip
-    q = q * 0.5  # exact; the scores come out halved (`_silu_half`)
+    q = q * 0.5  # exact; the scores come out halved (`silu_half`)
     high_q, low_q = _row_times(q_rows + DQK, m_ok)
     if KEY_LIMITS:
         limit_q = _row_limits(q_rows + DQK + 4, m_ok)
@@ -577,8 +519,9 @@ def _candidate_kernel(
     pass over the whole `[C, 4 * heads * d]` projection before the launch.
     """
     head = tl.program_id(1)
-    req, c_start, c_len, local = _tile(CANDIDATE_START, tl.program_id(0), num_reqs,
-                                       BLOCK_M)  # fmt: skip
+    req, c_start, c_len, local = request_tile(
+        CANDIDATE_START, tl.program_id(0), num_reqs, BLOCK_M
+    )
     if local * BLOCK_M >= c_len:
         return
 
