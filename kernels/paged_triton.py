@@ -143,7 +143,7 @@ def _table(ptrs, FAST: tl.constexpr):
 @triton.jit
 def _activated(x, SILU: tl.constexpr, FAST: tl.constexpr):
     """silu(x) in x's dtype (SILU), or x unchanged. Fast: `silu_half`'s
-    packed tanh, two elements per SFU op; a float32 sigmoid (exp and a true
+    tanh, one SFU op per element; a float32 sigmoid (exp and a true
     division per element) over a candidate tile's q, k and v made the
     candidate kernel 24% slower in the DLRMv3 forward (H200, 2026-12-03),
     its programs being short (one history of ~1000 keys each)."""

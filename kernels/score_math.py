@@ -11,8 +11,6 @@ LN2 = constexpr(0.6931471805599453)
 # mantissa bits, no float->int instruction (those share the SFU with tanh).
 ROUNDING = constexpr(12582912.0)
 ROUNDING_BITS = constexpr(0x4B400000)
-# ftz: no denormal fix-up around the SFU op (inputs are >= 1).
-FAST_LOG2 = constexpr("lg2.approx.ftz.f32 $0, $1;")
 # a * (1 + tanh(a)) on two packed 16-bit values (sm_90 for bf16x2).
 SILU_HALF_BF16X2 = constexpr(
     "{ .reg .b32 t; tanh.approx.bf16x2 t, $1; fma.rn.bf16x2 $0, $1, t, $1; }"
@@ -24,8 +22,9 @@ SILU_HALF_F16X2 = constexpr(
 
 @triton.jit
 def fast_log2(x):
+    # ftz: no denormal fix-up around the SFU op (inputs are >= 1).
     return tl.inline_asm_elementwise(
-        FAST_LOG2, "=f,f", [x], dtype=tl.float32, is_pure=True,
+        "lg2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
         pack=1,
     )  # fmt: skip
 
